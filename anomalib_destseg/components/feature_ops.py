@@ -1,0 +1,77 @@
+"""Feature operations shared by the student-teacher models.
+
+The reference normalises every feature map to unit length over channels before comparing or multiplying teacher
+and student features; the segmentation network sees their element-wise product at the finest resolution.
+
+Example:
+    >>> import torch
+    >>> x = torch.ones(1, 4, 2, 2)
+    >>> channel_l2_normalize(x)[0, :, 0, 0]
+    tensor([0.5000, 0.5000, 0.5000, 0.5000])
+"""
+
+from collections.abc import Sequence
+
+import torch
+from torch.nn import functional as F  # noqa: N812
+
+NORM_EPS = 1e-12
+
+
+def channel_l2_normalize(features: torch.Tensor) -> torch.Tensor:
+    """Divide a feature map by its L2 norm over channels: n(x) = x / (||x||_2 + 1e-12).
+
+    Args:
+        features: Tensor of shape ``[B, C, H, W]``.
+
+    Returns:
+        Tensor of the same shape whose channel vectors have unit length (or are zero).
+    """
+    return features / (torch.linalg.vector_norm(features, dim=1, keepdim=True) + NORM_EPS)
+
+
+def cosine_distance_map(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Per-pixel cosine distance ``1 - <n(student), n(teacher)>``.
+
+    Args:
+        student: Student features ``[B, C, H, W]``.
+        teacher: Teacher features of the same shape.
+
+    Returns:
+        Tensor ``[B, H, W]`` with values in ``[0, 2]``.
+    """
+    return 1 - (channel_l2_normalize(student) * channel_l2_normalize(teacher)).sum(dim=1)
+
+
+def segmentation_input(
+    teacher_features: Sequence[torch.Tensor],
+    student_features: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """Build the segmentation network's input from teacher and student features of the same image.
+
+    Per level k the input is ``-n(T_k) * n(S_k)`` (element-wise; the sign follows the reference code), every level
+    is resized bilinearly to the finest level's size and the levels are concatenated along channels.
+
+    Args:
+        teacher_features: Teacher feature maps, finest first (e.g. 64@64, 128@32, 256@16 for 256x256 inputs).
+        student_features: Student feature maps with the same shapes.
+
+    Returns:
+        Tensor ``[B, sum(C_k), H_1, W_1]`` (448 channels for the ResNet-18 levels).
+
+    Example:
+        >>> t = [torch.rand(2, 4, 8, 8), torch.rand(2, 8, 4, 4)]
+        >>> segmentation_input(t, t).shape
+        torch.Size([2, 12, 8, 8])
+    """
+    if len(teacher_features) != len(student_features):
+        msg = f"Got {len(teacher_features)} teacher levels but {len(student_features)} student levels."
+        raise ValueError(msg)
+    size = teacher_features[0].shape[-2:]
+    levels = []
+    for teacher, student in zip(teacher_features, student_features, strict=True):
+        product = -channel_l2_normalize(teacher) * channel_l2_normalize(student)
+        if product.shape[-2:] != size:
+            product = F.interpolate(product, size=size, mode="bilinear", align_corners=False)
+        levels.append(product)
+    return torch.cat(levels, dim=1)

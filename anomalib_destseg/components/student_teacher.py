@@ -1,0 +1,130 @@
+"""The part of DeSTSeg and PFADSeg that is the same: teacher, student slot, segmentation network and scoring.
+
+A subclass decides what the student is (:meth:`SegmentationGuidedStudentTeacher.student_features`) and may change
+how teacher and student features are turned into the segmentation network's input
+(:meth:`SegmentationGuidedStudentTeacher.segmentation_features`). Everything else, including ImageNet normalisation
+inside the model (so exported models take ``[0, 1]`` images) and the image score, lives here.
+
+In training mode ``forward`` returns the segmentation network's probability map at 1/4 resolution; in eval mode it
+returns anomalib's ``InferenceBatch(pred_score, anomaly_map)`` with the map at the input's size.
+"""
+
+from abc import ABC, abstractmethod
+
+import torch
+from anomalib.data import InferenceBatch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+from .feature_ops import segmentation_input
+from .segmentation import SegmentationNetwork
+from .teacher import ResNet18Teacher
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SIZE_MULTIPLE = 32
+
+
+def check_images(images: torch.Tensor) -> None:
+    """Raise a ``ValueError`` naming the problem unless ``images`` is ``[B, 3, H, W]`` with H, W multiples of 32."""
+    if images.ndim != 4:
+        msg = f"Expected a batch of images [B, 3, H, W], got a tensor of shape {tuple(images.shape)}."
+        raise ValueError(msg)
+    channels, height, width = images.shape[1:]
+    if channels != 3:
+        msg = f"Expected RGB images with 3 channels, got {channels} (grayscale or RGBA images must be converted)."
+        raise ValueError(msg)
+    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+        msg = f"Image size {height}x{width} is not a multiple of {SIZE_MULTIPLE} in both directions; resize to e.g. 256x256."
+        raise ValueError(msg)
+
+
+def top_k_mean(anomaly_map: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Image score: the mean of the ``top_k`` largest values of each map ``[B, 1, H, W]`` (all values if fewer)."""
+    flat = anomaly_map.flatten(1)
+    return flat.topk(min(top_k, flat.shape[1]), dim=1).values.mean(dim=1)
+
+
+class SegmentationGuidedStudentTeacher(nn.Module, ABC):
+    """Base of the two torch models.
+
+    Args:
+        segmentation_in_channels: Channels the segmentation network receives.
+        top_k: Number of largest anomaly-map values averaged into the image score (reference 100).
+    """
+
+    def __init__(self, segmentation_in_channels: int = 448, top_k: int = 100) -> None:
+        super().__init__()
+        if top_k < 1:
+            msg = f"top_k must be >= 1, got {top_k}."
+            raise ValueError(msg)
+        self.top_k = top_k
+        self.teacher = ResNet18Teacher()
+        self.segmentation_network = SegmentationNetwork(segmentation_in_channels)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    # --- what a subclass provides -------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def student_modules(self) -> list[nn.Module]:
+        """Modules trained in stage 1 (the student)."""
+
+    @property
+    def student_reads_teacher(self) -> bool:
+        """Whether :meth:`student_features` needs the teacher's features of its own input."""
+        return False
+
+    @abstractmethod
+    def student_features(
+        self, normalized: torch.Tensor, teacher_features: list[torch.Tensor] | None
+    ) -> list[torch.Tensor]:
+        """Return the student's three feature levels (shaped like the teacher's) for normalised images."""
+
+    def segmentation_features(
+        self, teacher_features: list[torch.Tensor], student_features: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Turn teacher and student features of the same images into the segmentation network's input."""
+        return segmentation_input(teacher_features, student_features)
+
+    def segmentation_parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """Stage-2 parameters as (fast group: residual blocks, slow group: ASPP and head)."""
+        network = self.segmentation_network
+        return list(network.residual.parameters()), [*network.aspp.parameters(), *network.head.parameters()]
+
+    # --- shared behaviour ---------------------------------------------------------------------------------------
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """ImageNet-normalise ``[0, 1]`` images."""
+        return (images - self.mean) / self.std
+
+    def set_stage(self, stage: str) -> None:
+        """Put sub-modules in the mode a training stage needs (``"student"`` or ``"segmentation"``)."""
+        student_training = stage == "student"
+        for module in self.student_modules:
+            module.train(student_training)
+        self.segmentation_network.train(not student_training)
+        self.teacher.eval()
+
+    def encode(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Teacher and student features of ``[0, 1]`` images."""
+        normalized = self.normalize(images)
+        teacher = self.teacher(normalized)
+        return teacher, self.student_features(normalized, teacher)
+
+    def segment(self, images: torch.Tensor) -> torch.Tensor:
+        """The segmentation network's probability map ``[B, 1, H/4, W/4]`` for ``[0, 1]`` images."""
+        return self.segmentation_network(self.segmentation_features(*self.encode(images)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | InferenceBatch:
+        """Segment ``[0, 1]`` images ``[B, 3, H, W]`` (H, W multiples of 32).
+
+        Returns:
+            In training mode the 1/4-resolution probability map; in eval mode
+            ``InferenceBatch(pred_score=[B], anomaly_map=[B, 1, H, W])``.
+        """
+        check_images(images)
+        probabilities = self.segment(images)
+        if self.training:
+            return probabilities
+        anomaly_map = F.interpolate(probabilities, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return InferenceBatch(pred_score=top_k_mean(anomaly_map, self.top_k), anomaly_map=anomaly_map)

@@ -1,0 +1,82 @@
+"""Shared fixtures: a tiny generated dataset, teacher weights and textures, all without downloads.
+
+The real ImageNet weights and DTD textures live in ../shared (never copied into the repository). Tests that need the
+real files skip with a reason when they are absent; machinery tests fall back to a local random-weight file, which
+exercises the same loading path as a user's ``teacher_weights`` file.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHARED_WEIGHTS = SHARED / "weights" / "resnet18_imagenet1k_layer1to3.pth"
+SHARED_DTD = SHARED / "data" / "dtd" / "images"
+SHARED_MVTEC = SHARED / "data" / "mvtec_ad"
+
+TINY_SIZE = 64  # smallest comfortable multiple of 32: every layer still has >= 2x2 pixels
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never try the network from tests
+
+
+@pytest.fixture(scope="session")
+def teacher_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a ResNet-18 state dict: the real ImageNet file if present, else a random one (machinery only)."""
+    if SHARED_WEIGHTS.is_file():
+        return SHARED_WEIGHTS
+    from torchvision.models import resnet18
+
+    path = tmp_path_factory.mktemp("weights") / "random_resnet18.pth"
+    torch.manual_seed(0)
+    torch.save(resnet18(weights=None).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_teacher_weights() -> Path:
+    """The real ImageNet weights, or skip."""
+    if not SHARED_WEIGHTS.is_file():
+        pytest.skip(f"real ImageNet ResNet-18 weights not found at {SHARED_WEIGHTS}")
+    return SHARED_WEIGHTS
+
+
+@pytest.fixture(scope="session")
+def texture_dir() -> Path:
+    """The shared DTD textures, or skip."""
+    if not SHARED_DTD.is_dir():
+        pytest.skip(f"DTD textures not found at {SHARED_DTD}")
+    return SHARED_DTD
+
+
+@pytest.fixture(scope="session")
+def mvtec_root() -> Path:
+    """The shared MVTec AD root (bottle only), or skip."""
+    if not (SHARED_MVTEC / "bottle").is_dir():
+        pytest.skip(f"MVTec AD bottle not found under {SHARED_MVTEC}")
+    return SHARED_MVTEC
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated MVTec-layout dataset at 64x64: root/synthetic/{train,test,ground_truth}. Returns the root."""
+    from anomalib_destseg.data import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("tiny_dataset")
+    make_synthetic_dataset(root, image_size=TINY_SIZE, num_train=12, num_test_good=4, num_test_defect=4, seed=0)
+    return root
+
+
+@pytest.fixture
+def tiny_model_kwargs(teacher_weights: Path) -> dict:
+    """Constructor arguments for a DeSTSeg/PFADSeg that trains in seconds on the tiny dataset."""
+    from anomalib_destseg import DeSTSeg
+
+    return {
+        "student_steps": 2,
+        "segmentation_steps": 2,
+        "teacher_weights": str(teacher_weights),
+        "pre_processor": DeSTSeg.configure_pre_processor((TINY_SIZE, TINY_SIZE)),
+    }
