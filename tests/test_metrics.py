@@ -29,6 +29,7 @@ from anomalib_destseg.metrics import (
     label_instances,
     paper_evaluator,
 )
+from anomalib_destseg.metrics.instance_ap import _InstanceAP
 
 
 def _basic_case(missed_scores: tuple[float, float] = (0.3, 0.2)) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +78,8 @@ def _blob_data(num_images: int, size: int, seed: int, levels: int | None = None)
                 masks[image] |= (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
             else:
                 masks[image] |= (abs(yy - cy) <= radius) & (abs(xx - cx) <= rng.integers(0, radius + 1))
-    maps = rng.random((num_images, size, size)) * 0.7 + masks * rng.random((num_images, size, size)) * 0.6
+    # scores in [0, 1] like anomalib's normalised maps (torchmetrics' AUPR/AUROC apply a sigmoid to batches outside)
+    maps = rng.random((num_images, size, size)) * 0.6 + masks * rng.random((num_images, size, size)) * 0.4
     if levels is not None:  # coarse scores -> many ties
         maps = np.round(maps * levels) / levels
     return torch.from_numpy(maps).float(), torch.from_numpy(masks)
@@ -139,7 +141,9 @@ def test_instance_score_is_descending_rank_floor_half_n() -> None:
     expected = torch.tensor([0.3, 0.2, 0.5, 0.4, 0.5])
     torch.testing.assert_close(compute_instance_scores(maps, masks), expected)
     # coverage=0 -> the best pixel of each instance
-    torch.testing.assert_close(compute_instance_scores(maps, masks, coverage=0.0), torch.tensor([0.3, 0.6, 0.9, 0.5, 0.9]))
+    torch.testing.assert_close(
+        compute_instance_scores(maps, masks, coverage=0.0), torch.tensor([0.3, 0.6, 0.9, 0.5, 0.9])
+    )
 
 
 def test_instances_are_8_connected_and_per_image() -> None:
@@ -255,24 +259,15 @@ def test_bad_inputs_raise(maps: torch.Tensor, masks: torch.Tensor, message: str)
     with pytest.raises(ValueError, match=message):
         instance_average_precision(maps, masks)
     with pytest.raises(ValueError, match=message):
-        IAP().update(ImageBatch(image=torch.zeros(1, 3, 2, 2), anomaly_map=None), *()) if False else IAP()._prepare_for_test(
-            maps, masks
-        ) if False else _metric_update(maps, masks)
-
-
-def _metric_update(maps: torch.Tensor, masks: torch.Tensor) -> None:
-    """Call the torchmetrics-level update of IAP (what ``AnomalibMetric.update`` forwards to)."""
-    metric = IAP()
-    super(IAP.__mro__[0], metric).update  # noqa: B018  (AnomalibMetric.update -> _InstanceAP.update)
-    IAP.__mro__[2].update(metric, maps, masks)
+        _InstanceAP().update(maps, masks)  # what IAP.update(batch) forwards the batch fields to
 
 
 @pytest.mark.parametrize(("coverage", "recall_level"), [(1.0, 0.9), (-0.1, 0.9), (0.5, 0.0), (0.5, 1.5)])
 def test_bad_parameters_raise(coverage: float, recall_level: float) -> None:
     maps, masks = _basic_case()
-    with pytest.raises(ValueError, match="coverage|recall_level"):
+    with pytest.raises(ValueError, match=r"coverage|recall_level"):
         instance_average_precision(maps, masks, coverage=coverage, recall_level=recall_level)
-    with pytest.raises(ValueError, match="coverage|recall_level"):
+    with pytest.raises(ValueError, match=r"coverage|recall_level"):
         IAP(coverage=coverage, recall_level=recall_level)
 
 
@@ -328,8 +323,9 @@ def test_compact_metric_is_exact_for_float16_maps_and_close_otherwise() -> None:
     for batch in _batches(maps, masks, 3):
         iap.update(batch)
         iap90.update(batch)
-    assert iap.positive_hist.shape == (65536,)
+    assert iap.positive_hist.shape == iap.pixel_hist.shape == (65536,)
     assert not hasattr(iap, "positive_scores")
+    assert not hasattr(iap, "pixel_scores")
     assert iap.compute().item() == pytest.approx(exact_half[0], abs=1e-6)
     assert iap90.compute().item() == pytest.approx(exact_half[1], abs=1e-6)
     assert iap.compute().item() == pytest.approx(exact[0], abs=5e-3)
@@ -367,6 +363,7 @@ def test_pixel_ap_matches_sklearn() -> None:
 
 def test_paper_evaluator_plugs_in_with_image_batches() -> None:
     maps, masks = _blob_data(num_images=6, size=32, seed=7)
+    masks[[1, 4]] = False  # two defect-free images
     evaluator = paper_evaluator()
     assert isinstance(evaluator, Evaluator)
     names = [metric.name for metric in evaluator.test_metrics]
@@ -400,3 +397,37 @@ def test_paper_evaluator_plugs_in_with_image_batches() -> None:
     assert values["pixel_IAP"] == pytest.approx(expected[0], abs=1e-6)
     assert values["pixel_IAP90"] == pytest.approx(expected[1], abs=1e-6)
     assert all(0.0 <= value <= 1.0 for value in values.values())
+
+
+def test_float16_bins_preserve_order() -> None:
+    from anomalib_destseg.metrics.instance_ap import _half_keys
+
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    halves = bits.view(torch.float16)
+    keep = ~torch.isnan(halves) & (bits != -(2**15))  # every non-NaN float16 except -0.0
+    halves = torch.sort(halves[keep]).values.float()
+    keys = _half_keys(halves)
+    assert keys.min() >= 0 and keys.max() < 2**16
+    assert (keys.diff() > 0).all()
+    assert _half_keys(torch.tensor([-0.0, 0.0])).tolist() == [32767, 32768]  # merged by the metric
+
+
+def test_compact_metric_merges_signed_zeros() -> None:
+    # Defect pixels at +0.0 / -0.0 and others at -0.0 / +0.0 / -1: zeros must compare equal in both modes.
+    maps = torch.tensor([[[0.0, -0.0, -1.0, 0.5], [-0.0, 0.0, -1.0, -1.0]]])
+    masks = torch.tensor([[[1, 0, 0, 0], [0, 0, 0, 1]]], dtype=torch.bool)  # instances: (0,0) -> 0.0, (1,3) -> -1
+    # t=0: TP = {0.0} = 1, predicted = {0, -0, .5, -0, 0} = 5 -> 1/5; t=-1: TP 2 / all 8 -> 1/4
+    # interpolated: 1/4, 1/4 -> IAP = 1/4
+    expected = instance_average_precision(maps, masks)
+    assert expected == pytest.approx((0.25, 0.25), abs=1e-12)
+    metric = IAP(compact=True)
+    metric.update(_batches(maps, masks, 1)[0])
+    assert metric.compute().item() == pytest.approx(0.25, abs=1e-12)
+
+
+def test_float16_histogram_matches_keys() -> None:
+    from anomalib_destseg.metrics.instance_ap import _half_histogram, _half_keys
+
+    scores = torch.cat([torch.randn(5000) * 10, torch.tensor([0.0, -0.0, math.inf, -math.inf, 65504.0])]).half()
+    expected = torch.bincount(_half_keys(scores).long(), minlength=2**16)
+    assert torch.equal(_half_histogram(scores), expected)
