@@ -1,7 +1,13 @@
 """Building blocks shared by DeSTSeg and PFADSeg."""
 
 from .anomaly_generator import SyntheticAnomalyGenerator
-from .feature_ops import channel_l2_normalize, cosine_distance_map, segmentation_input
+from .feature_ops import (
+    channel_l2_normalize,
+    concat_at_finest,
+    cosine_distance_map,
+    level_products,
+    segmentation_input,
+)
 from .segmentation import ASPP, SegmentationNetwork
 from .student import StudentDecoder, StudentEncoder
 from .student_teacher import SegmentationGuidedStudentTeacher, check_images, top_k_mean
@@ -18,7 +24,9 @@ __all__ = [
     "TeacherWeightsError",
     "channel_l2_normalize",
     "check_images",
+    "concat_at_finest",
     "cosine_distance_map",
+    "level_products",
     "segmentation_input",
     "top_k_mean",
 ]

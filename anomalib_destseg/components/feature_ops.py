@@ -8,6 +8,7 @@ Example:
     >>> x = torch.ones(1, 4, 2, 2)
     >>> channel_l2_normalize(x)[0, :, 0, 0]
     tensor([0.5000, 0.5000, 0.5000, 0.5000])
+
 """
 
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ def channel_l2_normalize(features: torch.Tensor) -> torch.Tensor:
 
     Returns:
         Tensor of the same shape whose channel vectors have unit length (or are zero).
+
     """
     return features / (torch.linalg.vector_norm(features, dim=1, keepdim=True) + NORM_EPS)
 
@@ -39,8 +41,53 @@ def cosine_distance_map(student: torch.Tensor, teacher: torch.Tensor) -> torch.T
 
     Returns:
         Tensor ``[B, H, W]`` with values in ``[0, 2]``.
+
     """
     return 1 - (channel_l2_normalize(student) * channel_l2_normalize(teacher)).sum(dim=1)
+
+
+def level_products(
+    teacher_features: Sequence[torch.Tensor],
+    student_features: Sequence[torch.Tensor],
+) -> list[torch.Tensor]:
+    """Per-level products X_k = ``-n(T_k) * n(S_k)`` (element-wise; the sign follows the reference code).
+
+    Args:
+        teacher_features: Teacher feature maps, finest first (e.g. 64@64, 128@32, 256@16 for 256x256 inputs).
+        student_features: Student feature maps with the same shapes.
+
+    Returns:
+        One tensor per level, each at its own resolution.
+
+    Example:
+        >>> t = [torch.ones(1, 4, 2, 2)]
+        >>> level_products(t, t)[0][0, :, 0, 0]
+        tensor([-0.2500, -0.2500, -0.2500, -0.2500])
+
+    """
+    if len(teacher_features) != len(student_features):
+        msg = f"Got {len(teacher_features)} teacher levels but {len(student_features)} student levels."
+        raise ValueError(msg)
+    return [
+        -channel_l2_normalize(teacher) * channel_l2_normalize(student)
+        for teacher, student in zip(teacher_features, student_features, strict=True)
+    ]
+
+
+def concat_at_finest(levels: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Resize every level bilinearly to the first (finest) level's size and concatenate along channels.
+
+    Example:
+        >>> concat_at_finest([torch.rand(2, 4, 8, 8), torch.rand(2, 8, 4, 4)]).shape
+        torch.Size([2, 12, 8, 8])
+
+    """
+    size = levels[0].shape[-2:]
+    resized = [
+        level if level.shape[-2:] == size else F.interpolate(level, size=size, mode="bilinear", align_corners=False)
+        for level in levels
+    ]
+    return torch.cat(resized, dim=1)
 
 
 def segmentation_input(
@@ -49,8 +96,8 @@ def segmentation_input(
 ) -> torch.Tensor:
     """Build the segmentation network's input from teacher and student features of the same image.
 
-    Per level k the input is ``-n(T_k) * n(S_k)`` (element-wise; the sign follows the reference code), every level
-    is resized bilinearly to the finest level's size and the levels are concatenated along channels.
+    Per level k the input is X_k = ``-n(T_k) * n(S_k)`` (:func:`level_products`), every level is resized bilinearly
+    to the finest level's size and the levels are concatenated along channels (:func:`concat_at_finest`).
 
     Args:
         teacher_features: Teacher feature maps, finest first (e.g. 64@64, 128@32, 256@16 for 256x256 inputs).
@@ -63,15 +110,6 @@ def segmentation_input(
         >>> t = [torch.rand(2, 4, 8, 8), torch.rand(2, 8, 4, 4)]
         >>> segmentation_input(t, t).shape
         torch.Size([2, 12, 8, 8])
+
     """
-    if len(teacher_features) != len(student_features):
-        msg = f"Got {len(teacher_features)} teacher levels but {len(student_features)} student levels."
-        raise ValueError(msg)
-    size = teacher_features[0].shape[-2:]
-    levels = []
-    for teacher, student in zip(teacher_features, student_features, strict=True):
-        product = -channel_l2_normalize(teacher) * channel_l2_normalize(student)
-        if product.shape[-2:] != size:
-            product = F.interpolate(product, size=size, mode="bilinear", align_corners=False)
-        levels.append(product)
-    return torch.cat(levels, dim=1)
+    return concat_at_finest(level_products(teacher_features, student_features))

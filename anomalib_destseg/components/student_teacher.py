@@ -35,7 +35,10 @@ def check_images(images: torch.Tensor) -> None:
         msg = f"Expected RGB images with 3 channels, got {channels} (grayscale or RGBA images must be converted)."
         raise ValueError(msg)
     if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
-        msg = f"Image size {height}x{width} is not a multiple of {SIZE_MULTIPLE} in both directions; resize to e.g. 256x256."
+        msg = (
+            f"Image size {height}x{width} is not a multiple of {SIZE_MULTIPLE} in both directions; "
+            "resize to e.g. 256x256 (the pre-processor's image_size)."
+        )
         raise ValueError(msg)
 
 
@@ -51,6 +54,7 @@ class SegmentationGuidedStudentTeacher(nn.Module, ABC):
     Args:
         segmentation_in_channels: Channels the segmentation network receives.
         top_k: Number of largest anomaly-map values averaged into the image score (reference 100).
+
     """
 
     def __init__(self, segmentation_in_channels: int = 448, top_k: int = 100) -> None:
@@ -81,6 +85,11 @@ class SegmentationGuidedStudentTeacher(nn.Module, ABC):
     ) -> list[torch.Tensor]:
         """Return the student's three feature levels (shaped like the teacher's) for normalised images."""
 
+    @property
+    def segmentation_modules(self) -> list[nn.Module]:
+        """Modules trained in stage 2 (default: the segmentation network; a subclass adds what feeds it)."""
+        return [self.segmentation_network]
+
     def segmentation_features(
         self, teacher_features: list[torch.Tensor], student_features: list[torch.Tensor]
     ) -> torch.Tensor:
@@ -102,7 +111,8 @@ class SegmentationGuidedStudentTeacher(nn.Module, ABC):
         student_training = stage == "student"
         for module in self.student_modules:
             module.train(student_training)
-        self.segmentation_network.train(not student_training)
+        for module in self.segmentation_modules:
+            module.train(not student_training)
         self.teacher.eval()
 
     def encode(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -121,6 +131,7 @@ class SegmentationGuidedStudentTeacher(nn.Module, ABC):
         Returns:
             In training mode the 1/4-resolution probability map; in eval mode
             ``InferenceBatch(pred_score=[B], anomaly_map=[B, 1, H, W])``.
+
         """
         check_images(images)
         probabilities = self.segment(images)
