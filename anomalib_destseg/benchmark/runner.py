@@ -1,0 +1,433 @@
+"""One benchmark run (one model on one dataset) in its own process, so that its peak memory is its own.
+
+The parent (:mod:`anomalib_destseg.benchmark.__main__`) writes a JSON spec and starts
+``python -m anomalib_destseg.benchmark.runner SPEC``. This process trains the model with anomalib's ``Engine``, tests
+it with the paper evaluator, times a separate inference pass, saves the post-processed anomaly maps of a few fixed
+test images for the comparison panel, and writes ``result.json`` next to the spec. A failure is written there too
+(status ``"failed"`` and the error's last line) and the exit code is 1.
+
+What is measured:
+
+- ``fit_s``: wall time of ``Engine.fit``: training plus the one validation pass that anomalib uses to set the
+  thresholds and the normalisation range (no checkpoint is written unless asked for).
+- ``test_s``: wall time of ``Engine.test`` (inference and all eight metrics; AUPRO and IAP are not cheap).
+- ``infer_img_per_s``: test images per second of the model's ``forward`` (pre-processing resize, network,
+  post-processing) over the whole test set at the evaluation batch size, after one untimed warm-up batch; image
+  decoding and metrics are not included.
+
+Example:
+    python -m anomalib_destseg.benchmark.runner results/runs/bottle/DeSTSeg/spec.json
+
+"""
+
+import json
+import logging
+import math
+import os
+import resource
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .protocols import PATCHCORE_LAYERS, STFPM_LAYERS, TIMM_BACKBONE, TWO_STAGE_MODELS
+
+logger = logging.getLogger("anomalib_destseg.benchmark")
+
+RESULT_FILE = "result.json"
+PREFLIGHT_FLAG = "--preflight"
+PREFLIGHT_MARKER = "PREFLIGHT "
+PREDICTIONS_FILE = "predictions.npz"
+
+
+def timm_weights_message(cause: BaseException) -> str:
+    """The error message when timm cannot load ``resnet18.tv_in1k`` (usually: offline, cache not prepared)."""
+    shared = Path(__file__).resolve().parents[3] / "shared" / "weights" / "offline_cache.py"
+    script = str(shared) if shared.is_file() else "offline_cache.py (shipped with the shared weights)"
+    return (
+        f"Patchcore and Stfpm need timm's ImageNet ResNet-18 '{TIMM_BACKBONE}' (the DeSTSeg teacher's weights), "
+        f"which could not be loaded ({error_line(cause)}). "
+        f"Without network access run `python {script} --hf-home DIR --torch-home DIR` once and "
+        "`export HF_HOME=DIR TORCH_HOME=DIR HF_HUB_OFFLINE=1` before the benchmark."
+    )
+
+
+def build_datamodule(spec: dict[str, Any]):
+    """Create the anomalib datamodule described by ``spec["dataset"]``.
+
+    The validation split is the test split (anomalib's MVTec AD default, also used for Folder): it only sets the
+    adaptive thresholds and the min-max normalisation of scores, which no reported metric depends on; nothing is
+    selected on it (no early stopping, no best-checkpoint picking).
+    """
+    from anomalib.data import Folder, MVTecAD
+    from anomalib.data.utils import ValSplitMode
+
+    dataset, settings = spec["dataset"], spec["settings"]
+    common = {
+        "train_batch_size": settings["train_batch_size"],
+        "eval_batch_size": settings["eval_batch_size"],
+        "num_workers": spec["num_workers"],
+        "val_split_mode": ValSplitMode.SAME_AS_TEST,
+        "seed": spec["seed"],
+    }
+    if dataset["kind"] == "mvtec":
+        return MVTecAD(root=dataset["root"], category=dataset["category"], **common)
+    return Folder(
+        name=dataset["name"],
+        root=dataset.get("root"),
+        normal_dir=dataset["normal_dir"],
+        abnormal_dir=dataset.get("abnormal_dir"),
+        normal_test_dir=dataset.get("normal_test_dir"),
+        mask_dir=dataset.get("mask_dir"),
+        **common,
+    )
+
+
+def build_model(spec: dict[str, Any]):
+    """Create the model named ``spec["model"]`` with the paper evaluator and the protocol's settings.
+
+    Raises:
+        RuntimeError: If Patchcore / Stfpm cannot load timm's ImageNet ResNet-18 (with the fix in the message).
+        ValueError: If the model name is unknown.
+
+    """
+    from anomalib.post_processing import PostProcessor
+
+    from anomalib_destseg.metrics import paper_evaluator
+
+    name, settings = spec["model"], spec["settings"]
+    size = (spec["image_size"], spec["image_size"])
+    extra = dict(settings.get("model_kwargs") or {})
+    common = {
+        "evaluator": paper_evaluator(),
+        # anomalib's min-max normalisation clamps scores to [0, 1] around the adaptive threshold, which ties the
+        # highest (or lowest) scores and so changes AUROC / AP / AUPRO / IAP: off unless asked for.
+        "post_processor": PostProcessor(enable_normalization=bool(spec.get("normalize_scores", False))),
+        "visualizer": False,
+    }
+    if name in TWO_STAGE_MODELS:
+        if name == "DeSTSeg":
+            from anomalib_destseg import DeSTSeg as ModelClass
+        else:
+            from anomalib_destseg.pfadseg import PFADSeg as ModelClass
+        return ModelClass(
+            student_steps=settings["student_steps"],
+            segmentation_steps=settings["segmentation_steps"],
+            teacher_weights=spec["teacher_weights"],
+            texture_dir=spec.get("texture_dir"),
+            pre_processor=ModelClass.configure_pre_processor(size),
+            **common,
+            **extra,
+        )
+    from anomalib.models import Patchcore, Stfpm
+
+    try:
+        if name == "Patchcore":
+            return Patchcore(
+                backbone=TIMM_BACKBONE,
+                layers=PATCHCORE_LAYERS,
+                pre_trained=True,
+                coreset_sampling_ratio=settings["coreset_sampling_ratio"],
+                pre_processor=Patchcore.configure_pre_processor(image_size=size),
+                **common,
+                **extra,
+            )
+        if name == "Stfpm":
+            return Stfpm(
+                backbone=TIMM_BACKBONE,
+                layers=STFPM_LAYERS,
+                pre_processor=Stfpm.configure_pre_processor(image_size=size),
+                **common,
+                **extra,
+            )
+    except (OSError, RuntimeError) as error:  # hub errors (offline) are OSErrors or RuntimeErrors
+        raise RuntimeError(timm_weights_message(error)) from error
+    msg = f"unknown model {name!r}"
+    raise ValueError(msg)
+
+
+def build_engine(spec: dict[str, Any], root: Path):
+    """Anomalib ``Engine`` (results under ``root``) without loggers, progress bars or (unless asked) checkpoints."""
+    from anomalib.callbacks import ModelCheckpoint
+    from anomalib.engine import Engine
+
+    kwargs: dict[str, Any] = {
+        "accelerator": spec["accelerator"],
+        "devices": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": root,
+    }
+    if not spec.get("keep_checkpoints"):
+        # anomalib adds a checkpoint callback unless one is given: this one writes nothing (the benchmark always
+        # tests the model after its last step, never a picked checkpoint).
+        kwargs["callbacks"] = [ModelCheckpoint(save_top_k=0)]
+    epochs = spec["settings"].get("epochs")
+    if spec["model"] == "Stfpm" and epochs:
+        # Validation (thresholds only) runs once, after the last epoch; no early stopping.
+        kwargs.update(max_epochs=epochs, check_val_every_n_epoch=epochs)
+    return Engine(**kwargs)
+
+
+def select_panel_indices(image_paths: list[str], labels: list[int], count: int) -> list[int]:
+    """Pick ``count`` test images for the comparison panel, the same in every run.
+
+    Anomalous images evenly spaced in path order (so several defect types show), then one normal image.
+
+    Example:
+        >>> select_panel_indices(["a/good/0", "b/bad/0", "b/bad/1", "b/bad/2"], [0, 1, 1, 1], 3)
+        [1, 3, 0]
+
+    """
+    if count <= 0:
+        return []
+    order = sorted(range(len(image_paths)), key=lambda index: image_paths[index])
+    abnormal = [index for index in order if labels[index] == 1]
+    normal = [index for index in order if labels[index] == 0]
+    n_abnormal = min(len(abnormal), count - 1 if normal else count)
+    picks = [abnormal[round(p)] for p in np.linspace(0, len(abnormal) - 1, n_abnormal)] if n_abnormal else []
+    picks = list(dict.fromkeys(picks))
+    picks.extend(normal[: count - len(picks)])
+    return picks
+
+
+def _device(accelerator: str):
+    import torch
+
+    if accelerator in {"auto", "gpu", "cuda"} and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_inference(model, dataloader, device) -> tuple[int, float, tuple[float, float]]:
+    """Run ``model`` (pre-processing, network, post-processing) over ``dataloader``.
+
+    The first batch runs once untimed as a warm-up; data loading is not timed.
+
+    Returns:
+        Images seen, seconds of forward passes, and (min, max) of the anomaly maps (for the panel's colour scale).
+
+    """
+    import torch
+
+    model.eval().to(device)
+    images_seen, seconds, warmed_up = 0, 0.0, False
+    low, high = math.inf, -math.inf
+    with torch.inference_mode():
+        for batch in dataloader:
+            images = batch.image.to(device)
+            if not warmed_up:
+                model(images)
+                warmed_up = True
+            _sync(device)
+            start = time.perf_counter()
+            prediction = model(images)
+            _sync(device)
+            seconds += time.perf_counter() - start
+            images_seen += images.shape[0]
+            low = min(low, float(prediction.anomaly_map.min()))
+            high = max(high, float(prediction.anomaly_map.max()))
+    return images_seen, seconds, (low, high)
+
+
+def save_panel_predictions(
+    model,
+    dataset,
+    count: int,
+    device,
+    path: Path,
+    map_range: tuple[float, float],
+) -> int:
+    """Save the anomaly maps of the panel images (and the test set's map range) to ``path`` (npz); return how many.
+
+    The maps are what the model's ``forward`` returns (raw scores unless ``--normalize-scores``); the panel scales
+    each model's maps to [0, 1] with ``map_range``, its own minimum and maximum over the whole test set.
+    """
+    import torch
+
+    samples = dataset.samples
+    image_paths = [str(p) for p in samples["image_path"]]
+    labels = [int(v) for v in samples["label_index"]]
+    mask_column = list(samples["mask_path"]) if "mask_path" in samples else [""] * len(samples)
+    indices = select_panel_indices(image_paths, labels, count)
+    maps, scores = [], []
+    model.eval().to(device)
+    with torch.inference_mode():
+        for index in indices:
+            prediction = model(dataset[index].image.unsqueeze(0).to(device))
+            anomaly_map = prediction.anomaly_map.detach().float().cpu()
+            maps.append(anomaly_map.reshape(anomaly_map.shape[-2:]).numpy())
+            scores.append(float(prediction.pred_score.reshape(-1)[0]))
+    np.savez_compressed(
+        path,
+        image_paths=np.array([image_paths[i] for i in indices], dtype=str),
+        mask_paths=np.array([m if isinstance(m := mask_column[i], str) else "" for i in indices], dtype=str),
+        labels=np.array([labels[i] for i in indices], dtype=np.int64),
+        anomaly_maps=np.stack(maps).astype(np.float32) if maps else np.zeros((0, 1, 1), dtype=np.float32),
+        pred_scores=np.array(scores, dtype=np.float32),
+        map_range=np.array(map_range, dtype=np.float64),
+    )
+    return len(indices)
+
+
+def own_peak_rss_gb() -> float:
+    """Peak resident memory of this process and its finished children (data-loader workers), in GB."""
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return peak * scale / 1e9
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train, test, time and save predictions for one model; return the result record (status ``"ok"``)."""
+    import anomalib
+    import lightning
+    import torch
+    from lightning.pytorch import seed_everything
+
+    run_dir = Path(spec["run_dir"])
+    seed_everything(spec["seed"], workers=True)
+    datamodule = build_datamodule(spec)
+    model = build_model(spec)
+    # anomalib's Engine writes a versioned folder tree (with a "latest" link): keep it only with the checkpoint.
+    keep = bool(spec.get("keep_checkpoints"))
+    with tempfile.TemporaryDirectory(prefix="benchmark_engine_") as scratch:
+        engine = build_engine(spec, run_dir / "engine" if keep else Path(scratch))
+
+        start = time.perf_counter()
+        engine.fit(model, datamodule=datamodule)
+        fit_s = time.perf_counter() - start
+
+        start = time.perf_counter()
+        test_results = engine.test(model, datamodule=datamodule, verbose=False)
+        test_s = time.perf_counter() - start
+    metrics = {key: float(value) for key, value in (test_results[0] if test_results else {}).items()}
+
+    device = _device(spec["accelerator"])
+    n_images, seconds, map_range = timed_inference(model, datamodule.test_dataloader(), device)
+    n_panel = save_panel_predictions(
+        model, datamodule.test_data, spec["panel_images"], device, run_dir / PREDICTIONS_FILE, map_range
+    )
+
+    hparams = getattr(model, "hparams", {})
+    texture = hparams.get("texture_dir", None) if spec["model"] in TWO_STAGE_MODELS else None
+    return {
+        "status": "ok",
+        "error": "",
+        "metrics": metrics,
+        "fit_s": fit_s,
+        "test_s": test_s,
+        "infer_images": n_images,
+        "infer_s": seconds,
+        "infer_img_per_s": n_images / seconds if seconds > 0 else float("nan"),
+        "n_train": len(datamodule.train_data),
+        "n_test": len(datamodule.test_data),
+        "panel_images": n_panel,
+        "texture": (str(texture) if texture else "procedural") if spec["model"] in TWO_STAGE_MODELS else "",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "versions": {"torch": torch.__version__, "anomalib": anomalib.__version__, "lightning": lightning.__version__},
+    }
+
+
+def _teacher_tensors(teacher_weights: str) -> dict:
+    from anomalib_destseg.components.teacher import IMAGENET, imagenet_state_dict, read_state_dict
+
+    state = imagenet_state_dict() if teacher_weights == IMAGENET else read_state_dict(teacher_weights)
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def preflight(models: list[str], teacher_weights: str) -> tuple[list[str], list[str], bool | None]:
+    """Load the weights each model family needs, the way the runs load them, and compare them.
+
+    Returns:
+        Errors (the command stops), notes for the report, and whether both families' conv1..layer3 tensors are
+        identical (``None`` if not compared).
+
+    """
+    import torch
+
+    from anomalib_destseg.components.teacher import TEACHER_PREFIXES
+
+    errors, notes = [], []
+    teacher = timm_state = None
+    if any(m in TWO_STAGE_MODELS for m in models):
+        try:
+            teacher = _teacher_tensors(teacher_weights)
+        except Exception as error:
+            errors.append(str(error))
+    if any(m not in TWO_STAGE_MODELS for m in models):
+        try:
+            import timm
+
+            timm_state = timm.create_model(TIMM_BACKBONE, pretrained=True).state_dict()
+        except Exception as error:
+            errors.append(timm_weights_message(error))
+    same = None
+    if teacher is not None and timm_state is not None:
+        keys = [k for k in teacher if k.startswith(TEACHER_PREFIXES) and not k.endswith("num_batches_tracked")]
+        same = bool(keys) and all(k in timm_state and torch.equal(teacher[k], timm_state[k]) for k in keys)
+        if not same:
+            notes.append(
+                f"The DeSTSeg/PFADSeg teacher weights ({teacher_weights}) differ from timm's {TIMM_BACKBONE} used by "
+                "Patchcore/Stfpm: the models do not share the same ImageNet features."
+            )
+    return errors, notes, same
+
+
+def error_line(error: BaseException) -> str:
+    r"""``Type: last line of the message`` of an exception.
+
+    Example:
+        >>> error_line(ValueError("first\nsecond"))
+        'ValueError: second'
+
+    """
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1].strip()}" if lines else type(error).__name__
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON atomically (temporary file, then rename)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(temporary, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the spec given as the only argument; return 0 on success, 1 on failure (also recorded)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == PREFLIGHT_FLAG:
+        request = json.loads(argv[1])
+        errors, notes, same = preflight(request["models"], request["teacher_weights"])
+        print(PREFLIGHT_MARKER + json.dumps({"errors": errors, "notes": notes, "same": same}))
+        return 0
+    if len(argv) != 1:
+        print(f"usage: python -m anomalib_destseg.benchmark.runner SPEC.json | {PREFLIGHT_FLAG} JSON", file=sys.stderr)
+        return 2
+    spec_path = Path(argv[0])
+    spec = json.loads(spec_path.read_text())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        result = run(spec)
+        code = 0
+    except Exception as error:
+        traceback.print_exc()
+        result, code = {"status": "failed", "error": error_line(error)}, 1
+    result["peak_rss_gb_self"] = own_peak_rss_gb()
+    write_json(spec_path.parent / RESULT_FILE, result)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
