@@ -11,6 +11,7 @@ Example:
     >>> teacher.load_weights("resnet18.pth")  # doctest: +SKIP
     >>> [f.shape[1] for f in teacher(torch.rand(2, 3, 256, 256))]  # doctest: +SKIP
     [64, 128, 256]
+
 """
 
 import logging
@@ -55,6 +56,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Raises:
         FileNotFoundError: If the file does not exist.
         TeacherWeightsError: If the file is not a plain state dict of tensors.
+
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -83,6 +85,7 @@ def imagenet_state_dict() -> dict[str, torch.Tensor]:
 
     Raises:
         TeacherWeightsError: If the weights are neither cached nor downloadable, with both ways to fix it.
+
     """
     try:
         return ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
@@ -121,6 +124,7 @@ class ResNet18Teacher(nn.Module):
 
         Raises:
             TeacherWeightsError: If the weights cannot be found or do not fit.
+
         """
         state = imagenet_state_dict() if str(source) == IMAGENET else read_state_dict(source)
         state = {key.removeprefix("module."): value for key, value in state.items()}
@@ -129,6 +133,13 @@ class ResNet18Teacher(nn.Module):
         missing = sorted(expected - state.keys())
         if missing:
             msg = f"Teacher weights from {source} lack {len(missing)} ResNet-18 tensors, e.g. {missing[:3]}."
+            raise TeacherWeightsError(msg)
+        unexpected = sorted(state.keys() - self.state_dict().keys())
+        if unexpected:  # e.g. ResNet-34 weights: same first blocks, more of them; never load them silently
+            msg = (
+                f"Teacher weights from {source} hold {len(unexpected)} conv1..layer3 tensors that ResNet-18 lacks, "
+                f"e.g. {unexpected[:3]}: they are not ResNet-18 weights."
+            )
             raise TeacherWeightsError(msg)
         try:
             self.load_state_dict(state, strict=False)
