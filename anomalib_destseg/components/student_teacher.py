@@ -137,5 +137,7 @@ class SegmentationGuidedStudentTeacher(nn.Module, ABC):
         probabilities = self.segment(images)
         if self.training:
             return probabilities
-        anomaly_map = F.interpolate(probabilities, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        # float32 from here: under bf16 autocast (anomalib_destseg.inference) the map and the top-k score keep full
+        # precision (fewer tied scores); a no-op in float32, invisible to export.
+        anomaly_map = F.interpolate(probabilities.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
         return InferenceBatch(pred_score=top_k_mean(anomaly_map, self.top_k), anomaly_map=anomaly_map)
