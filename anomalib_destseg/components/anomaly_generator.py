@@ -6,7 +6,14 @@ augmentation); ``beta ~ U[0, 0.8)``; ``corrupted = clean * (1 - M) + (1 - beta) 
 Every image is corrupted (probability 1); an image stays normal only when its mask comes out empty. Images are in
 ``[0, 1]`` (before ImageNet normalisation, which the models apply afterwards).
 
-All randomness comes from torch's global generator, so ``lightning.seed_everything`` makes runs repeatable.
+All randomness comes from torch's current generator. The Lightning module runs the generator (and the rotation of
+clean images) inside a :class:`RandomStream`: a generator state of its own, seeded from torch's seed (what
+``lightning.seed_everything`` sets) and saved in checkpoints. So the same seed gives the same anomalies, the data
+loader's shuffling (torch's global generator) does not shift them, and a resumed run continues the same sequence.
+
+Texture images are read with PIL like anomalib reads dataset images. Unreadable texture files are reported by name:
+files PIL cannot identify when the generator is created (they are left out), files that fail to decode later (e.g.
+truncated ones) when they are first drawn (left out, another texture is drawn).
 
 Example:
     >>> import torch
@@ -14,17 +21,24 @@ Example:
     >>> corrupted, masks = generator(torch.rand(2, 3, 64, 64))
     >>> corrupted.shape, masks.shape
     (torch.Size([2, 3, 64, 64]), torch.Size([2, 1, 64, 64]))
+
 """
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from anomalib.data.utils.generators.perlin import generate_perlin_noise
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
+
+from .image_checks import describe_unreadable, scan_images
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +51,7 @@ def list_texture_files(texture_dir: str | Path) -> list[Path]:
     Raises:
         FileNotFoundError: If the folder does not exist.
         ValueError: If it holds no image files.
+
     """
     root = Path(texture_dir).expanduser()
     if not root.is_dir():
@@ -49,15 +64,61 @@ def list_texture_files(texture_dir: str | Path) -> list[Path]:
     return files
 
 
+class TextureReadError(ValueError):
+    """A texture image cannot be read; the message names the file."""
+
+
+def readable_texture_files(files: list[Path]) -> list[Path]:
+    """Leave out, with a warning naming them, the files whose header PIL cannot read.
+
+    Raises:
+        ValueError: If no file is readable.
+
+    """
+    scan = scan_images(files, header_only=True)
+    if not scan.unreadable:
+        return files
+    if len(scan.unreadable) == len(files):
+        msg = f"None of the {len(files)} texture images can be read:\n{describe_unreadable(scan.unreadable)}"
+        raise ValueError(msg)
+    logger.warning(
+        "Leaving out %d of %d texture images that cannot be read:\n%s",
+        len(scan.unreadable),
+        len(files),
+        describe_unreadable(scan.unreadable),
+    )
+    bad = {path for path, _ in scan.unreadable}
+    return [path for path in files if str(path) not in bad]
+
+
 @lru_cache(maxsize=256)
 def _read_texture(path: Path, height: int, width: int) -> torch.Tensor:
     try:
-        image = decode_image(str(path), mode=ImageReadMode.RGB)
-    except Exception as error:  # torchvision raises RuntimeError/ValueError for corrupt or unsupported files
-        msg = f"Could not read texture image {path}: {error}"
-        raise ValueError(msg) from error
+        with Image.open(path) as file:
+            array = np.array(file.convert("RGB"))
+    except Exception as error:  # PIL raises OSError, ValueError, SyntaxError... for corrupt or truncated files
+        msg = f"Could not read texture image {path}: {type(error).__name__}: {error}"
+        raise TextureReadError(msg) from error
+    image = torch.from_numpy(array).permute(2, 0, 1)
     # The reference resizes with OpenCV's plain bilinear interpolation, without antialiasing.
     return TF.resize(image, [height, width], interpolation=InterpolationMode.BILINEAR, antialias=False)
+
+
+def fit_perlin_scale(exponents: list[int], height: int, width: int) -> tuple[int, int]:
+    """Perlin grid resolution ``(2^a, 2^b)``, capped at the image size rounded up to a power of two.
+
+    anomalib's ``generate_perlin_noise`` needs at least one pixel per grid cell and fails otherwise; the cap only
+    affects images smaller than 2^5 = 32 pixels on a side (never the models' inputs, which are multiples of 32).
+
+    Example:
+        >>> fit_perlin_scale([5, 2], 8, 256)
+        (8, 4)
+
+    """
+    return tuple(
+        min(2**exponent, 1 << (size - 1).bit_length())
+        for exponent, size in zip(exponents, (height, width), strict=True)
+    )
 
 
 def procedural_texture(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
@@ -65,9 +126,16 @@ def procedural_texture(height: int, width: int, device: torch.device | None = No
 
     Returns:
         Tensor ``[3, H, W]`` in ``[0, 1]``.
+
     """
     device = device or torch.device("cpu")
-    noise = torch.stack([generate_perlin_noise(height, width, device=device) for _ in range(3)])
+    noise = []
+    for _ in range(3):  # grid resolutions drawn as anomalib's default does (2^0 .. 2^5 per axis, on ``device``)
+        exponents = [int(torch.randint(0, 6, (1,), device=device)) for _ in range(2)]
+        noise.append(
+            generate_perlin_noise(height, width, scale=fit_perlin_scale(exponents, height, width), device=device)
+        )
+    noise = torch.stack(noise)
     colour = torch.rand(3, 1, 1, device=device)
     return (colour + 0.5 * noise).clamp(0, 1)
 
@@ -87,6 +155,7 @@ class SyntheticAnomalyGenerator:
 
     Raises:
         FileNotFoundError, ValueError: For a missing or empty texture folder, or bad ranges.
+
     """
 
     def __init__(
@@ -105,7 +174,9 @@ class SyntheticAnomalyGenerator:
         if not 0.0 <= low <= high <= 1.0:
             msg = f"beta_range must satisfy 0 <= low <= high <= 1, got {beta_range}."
             raise ValueError(msg)
-        self.texture_files = list_texture_files(texture_dir) if texture_dir is not None else None
+        self.texture_files = (
+            readable_texture_files(list_texture_files(texture_dir)) if texture_dir is not None else None
+        )
         if self.texture_files is None:
             logger.warning(
                 "No texture_dir given: synthetic anomalies use procedural Perlin-colour textures instead of DTD "
@@ -122,7 +193,7 @@ class SyntheticAnomalyGenerator:
     def mask(self, height: int, width: int, device: torch.device) -> torch.Tensor:
         """Draw one binary Perlin mask ``[1, H, W]`` (float 0/1)."""
         exponents = torch.randint(0, self.max_scale_exponent, (2,)).tolist()
-        noise = generate_perlin_noise(height, width, scale=(2 ** exponents[0], 2 ** exponents[1]), device=device)
+        noise = generate_perlin_noise(height, width, scale=fit_perlin_scale(exponents, height, width), device=device)
         angle = float(torch.empty(1).uniform_(-self.noise_rotation, self.noise_rotation))
         noise = TF.rotate(noise[None], angle, interpolation=InterpolationMode.BILINEAR, fill=0.0)
         return (noise > self.threshold).float()
@@ -131,14 +202,24 @@ class SyntheticAnomalyGenerator:
         """Pick one texture ``[3, H, W]`` in ``[0, 1]``."""
         if self.texture_files is None:
             return procedural_texture(height, width, device)
-        index = int(torch.randint(len(self.texture_files), (1,)))
-        return _read_texture(self.texture_files[index], height, width).to(device).float() / 255.0
+        while True:
+            index = int(torch.randint(len(self.texture_files), (1,)))
+            try:
+                texture = _read_texture(self.texture_files[index], height, width)
+            except TextureReadError as error:
+                if len(self.texture_files) == 1:
+                    raise
+                logger.warning("%s; leaving it out and drawing another texture.", error)
+                del self.texture_files[index]
+                continue
+            return texture.to(device).float() / 255.0
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Corrupt a batch of clean images ``[B, 3, H, W]`` in ``[0, 1]``.
 
         Returns:
             ``(corrupted images [B, 3, H, W], masks [B, 1, H, W] with values 0/1)``.
+
         """
         if images.ndim != 4 or images.shape[1] != 3:
             msg = f"Expected RGB images [B, 3, H, W], got shape {tuple(images.shape)}."
@@ -154,3 +235,79 @@ class SyntheticAnomalyGenerator:
             corrupted[i] = images[i] * (1 - mask) + (1 - beta) * texture * mask + beta * images[i] * mask
             masks[i] = mask
         return corrupted, masks
+
+
+class RandomStream:
+    """A torch random stream of its own: code run inside :meth:`active` draws from it, not from the global generator.
+
+    On entry the global generator states (CPU, and the device's for an accelerator) are set aside and the stream's
+    states put in their place; on exit the stream keeps the advanced states and the global ones are put back, exactly
+    as they were. Its :meth:`state_dict` goes into checkpoints so that a resumed run continues the stream.
+
+    Args:
+        seed: Seed of the stream (any integer; reduced modulo 2**63).
+
+    Example:
+        >>> stream, other = RandomStream(seed=7), RandomStream(seed=7)
+        >>> with stream.active():
+        ...     first = torch.rand(3)
+        >>> with other.active():
+        ...     again = torch.rand(3)
+        >>> torch.equal(first, again)
+        True
+
+    """
+
+    SALT = 0x9E3779B97F4A7C15
+    """Mixed into torch's seed by :meth:`from_torch_seed`, so that the stream differs from the global sequence."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed) % 2**63
+        self._states: dict[str, torch.Tensor] = {"cpu": torch.Generator().manual_seed(self.seed).get_state()}
+
+    @classmethod
+    def from_torch_seed(cls, offset: int = 0) -> "RandomStream":
+        """A stream seeded from ``torch.initial_seed()`` (set by ``seed_everything``) plus ``offset``.
+
+        Draws nothing from torch's generators.
+        """
+        return cls((torch.initial_seed() ^ cls.SALT) + offset)
+
+    @contextmanager
+    def active(self, device: torch.device | str = "cpu") -> Iterator[None]:
+        """Make the stream torch's current generator (CPU, plus ``device``'s if it is an accelerator)."""
+        device = torch.device(device)
+        module = None if device.type in {"cpu", "meta"} else torch.get_device_module(device.type)
+        index = (device.index if device.index is not None else module.current_device()) if module else None
+        saved_cpu = torch.get_rng_state()
+        saved_device = module.get_rng_state(index) if module else None
+        torch.set_rng_state(self._states["cpu"])
+        if module:
+            state = self._states.get(device.type)
+            if state is None:
+                state = torch.Generator(device=device).manual_seed(self.seed).get_state()
+            module.set_rng_state(state, index)
+        try:
+            yield
+        finally:
+            self._states["cpu"] = torch.get_rng_state()
+            torch.set_rng_state(saved_cpu)
+            if module:
+                self._states[device.type] = module.get_rng_state(index)
+                module.set_rng_state(saved_device, index)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The seed and the generator states (copies), for a checkpoint."""
+        return {"seed": self.seed, "states": {key: state.clone() for key, state in self._states.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`."""
+        self.seed = int(state["seed"])
+        self._states = {key: value.clone() for key, value in state["states"].items()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "RandomStream":
+        """A stream that continues from a :meth:`state_dict`."""
+        stream = cls(int(state["seed"]))
+        stream.load_state_dict(state)
+        return stream

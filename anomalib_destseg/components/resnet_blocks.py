@@ -9,6 +9,7 @@ Example:
     >>> stage = basic_stage(64, 32, num_blocks=2)
     >>> stage(torch.rand(2, 64, 8, 8)).shape
     torch.Size([2, 32, 8, 8])
+
 """
 
 from torch import nn
@@ -26,6 +27,7 @@ def basic_stage(in_channels: int, out_channels: int, num_blocks: int = 2, stride
 
     Returns:
         The stage as ``nn.Sequential``.
+
     """
     shortcut = None
     if stride != 1 or in_channels != out_channels:
@@ -48,7 +50,9 @@ def conv_bn_relu(
     """Convolution without bias, BatchNorm and ReLU, padded to keep the size at stride 1."""
     padding = dilation * (kernel_size // 2)
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation, bias=False),
+        nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation, bias=False
+        ),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )

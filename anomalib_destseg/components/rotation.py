@@ -9,6 +9,7 @@ Example:
     'quarter'
     >>> resolve_rotation("auto", None)
     'none'
+
 """
 
 import torch

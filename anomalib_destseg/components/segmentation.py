@@ -5,6 +5,7 @@ Example:
     >>> net = SegmentationNetwork(in_channels=448)
     >>> net(torch.rand(2, 448, 64, 64)).shape
     torch.Size([2, 1, 64, 64])
+
 """
 
 import torch
@@ -51,6 +52,7 @@ class SegmentationNetwork(nn.Module):
     Args:
         in_channels: Channels of the input (448 for DeSTSeg's teacher x student product).
         width: Channels inside the network.
+
     """
 
     def __init__(self, in_channels: int = 448, width: int = 256) -> None:

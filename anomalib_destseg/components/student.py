@@ -5,6 +5,7 @@ Example:
     >>> encoder, decoder = StudentEncoder(), StudentDecoder()
     >>> [s.shape[1] for s in decoder(encoder(torch.rand(2, 3, 256, 256))[-1])]
     [64, 128, 256]
+
 """
 
 import torch

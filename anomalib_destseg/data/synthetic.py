@@ -12,6 +12,7 @@ Layout (what ``anomalib.data.MVTecAD(root=root, category=category)`` and ``anoma
 
 Example:
     >>> path = make_synthetic_dataset("datasets/synthetic", image_size=64)  # doctest: +SKIP
+
 """
 
 from pathlib import Path
@@ -81,6 +82,7 @@ def make_synthetic_dataset(
 
     Raises:
         ValueError: If a count or the size is too small to make a usable dataset.
+
     """
     if image_size < 32 or min(num_train, num_test_good, num_test_defect) < 1:
         msg = "image_size must be >= 32 and every image count >= 1."

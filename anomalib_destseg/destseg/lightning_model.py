@@ -17,6 +17,7 @@ Example:
 
         anomalib train --model anomalib_destseg.DeSTSeg --data anomalib.data.MVTecAD \
             --model.texture_dir datasets/dtd/images
+
 """
 
 from pathlib import Path
@@ -68,6 +69,7 @@ class DeSTSeg(TwoStageSegmentationModule):
         >>> model = DeSTSeg(student_steps=10, segmentation_steps=20)
         >>> model.trainer_arguments["max_steps"]
         30
+
     """
 
     def __init__(

@@ -7,6 +7,7 @@ Example:
     >>> output = model(torch.rand(2, 3, 256, 256))
     >>> output.anomaly_map.shape, output.pred_score.shape
     (torch.Size([2, 1, 256, 256]), torch.Size([2]))
+
 """
 
 import torch
@@ -24,6 +25,7 @@ class DeSTSegModel(SegmentationGuidedStudentTeacher):
 
     Args:
         top_k: Number of largest anomaly-map values averaged into the image score.
+
     """
 
     def __init__(self, top_k: int = 100) -> None:
