@@ -6,20 +6,22 @@ from anomalib_destseg import demo
 
 
 def test_demo_trains_tests_and_writes_results(tmp_path: Path, teacher_weights: Path, capsys) -> None:
-    metrics = demo.main([
-        "--data-root",
-        str(tmp_path / "data"),
-        "--output",
-        str(tmp_path / "results"),
-        "--teacher-weights",
-        str(teacher_weights),
-        "--student-steps",
-        "2",
-        "--segmentation-steps",
-        "2",
-        "--batch-size",
-        "4",
-    ])
+    metrics = demo.main(
+        [
+            "--data-root",
+            str(tmp_path / "data"),
+            "--output",
+            str(tmp_path / "results"),
+            "--teacher-weights",
+            str(teacher_weights),
+            "--student-steps",
+            "2",
+            "--segmentation-steps",
+            "2",
+            "--batch-size",
+            "4",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "DeSTSeg demo: trained 4 steps" in printed
     for name in ("image_AUROC", "pixel_AUROC", "pixel_AUPR", "pixel_IAP"):
