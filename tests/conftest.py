@@ -80,3 +80,18 @@ def tiny_model_kwargs(teacher_weights: Path) -> dict:
         "teacher_weights": str(teacher_weights),
         "pre_processor": DeSTSeg.configure_pre_processor((TINY_SIZE, TINY_SIZE)),
     }
+
+
+def quiet_cpu_engine(root: Path, callbacks: tuple = ()):
+    """anomalib Engine on one CPU device writing under ``root``, without logger, progress bar or model summary."""
+    from anomalib.engine import Engine
+
+    return Engine(
+        default_root_dir=root,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+    )

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from anomalib.data import MVTecAD
-from anomalib.engine import Engine
+from conftest import quiet_cpu_engine
 from PIL import Image
 
 from anomalib_destseg import DeSTSeg
@@ -47,14 +47,7 @@ def _run(dataset: Path, textures: Path, teacher: Path, root: Path, seed: int, wo
         evaluator=False,
         visualizer=False,
     )
-    engine = Engine(
-        default_root_dir=root,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    engine = quiet_cpu_engine(root)
     engine.fit(model, datamodule=datamodule)
     assert engine.trainer.global_step == 4
     predictions = engine.predict(model, datamodule=datamodule, return_predictions=True)

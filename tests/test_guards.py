@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import torch
 from anomalib.data import Folder, MVTecAD
-from anomalib.engine import Engine
+from conftest import quiet_cpu_engine
 from lightning.pytorch import Callback
 from PIL import Image
 
@@ -44,18 +44,6 @@ def _model(teacher: str | Path, **kwargs) -> DeSTSeg:
         **kwargs,
     }
     return DeSTSeg(**args)
-
-
-def _engine(root: Path, callbacks: tuple = ()) -> Engine:
-    return Engine(
-        default_root_dir=root,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=list(callbacks),
-    )
 
 
 def _mvtec(dataset: Path) -> MVTecAD:
@@ -131,7 +119,7 @@ def test_non_finite_step_saves_the_last_good_state_then_stops(
     tiny_dataset: Path, teacher_weights: Path, tmp_path: Path, step: int, stage: str, poison: type, what: str
 ) -> None:
     good = tmp_path / "good.ckpt"
-    engine = _engine(tmp_path / "results", callbacks=(SaveAfter(good, step), poison(step)))
+    engine = quiet_cpu_engine(tmp_path / "results", callbacks=(SaveAfter(good, step), poison(step)))
     model = _model(teacher_weights)
     with pytest.raises(FloatingPointError) as error:
         engine.fit(model, datamodule=_mvtec(tiny_dataset))
@@ -159,11 +147,11 @@ def test_training_resumes_from_the_last_good_checkpoint(
     tiny_dataset: Path, teacher_weights: Path, tmp_path: Path
 ) -> None:
     """After a NaN in step 1, ``ckpt_path=last_good.ckpt`` redoes step 1 and finishes the planned 4 steps."""
-    engine = _engine(tmp_path / "crashed", callbacks=(PoisonImages(1),))
+    engine = quiet_cpu_engine(tmp_path / "crashed", callbacks=(PoisonImages(1),))
     with pytest.raises(FloatingPointError):
         engine.fit(_model(teacher_weights), datamodule=_mvtec(tiny_dataset))
     last_good = Path(engine.trainer.checkpoint_callback.dirpath) / "last_good.ckpt"
-    resumed = _engine(tmp_path / "resumed")
+    resumed = quiet_cpu_engine(tmp_path / "resumed")
     model = _model(teacher_weights)
     resumed.fit(model, datamodule=_mvtec(tiny_dataset), ckpt_path=last_good)
     assert resumed.trainer.global_step == 4
@@ -210,7 +198,7 @@ def _folder(root: Path) -> Folder:
 @pytest.mark.parametrize("bad", ["truncated_png", "truncated_jpeg", "not_an_image", "empty"])
 def test_unreadable_training_image_is_named_before_training(teacher_weights: Path, tmp_path: Path, bad: str) -> None:
     root, target = _folder_dataset(tmp_path / "data", bad)
-    engine = _engine(tmp_path / "results")
+    engine = quiet_cpu_engine(tmp_path / "results")
     with pytest.raises(ValueError, match="cannot be read as images") as error:
         engine.fit(_model(teacher_weights), datamodule=_folder(root))
     assert str(target) in str(error.value)
@@ -239,7 +227,7 @@ def test_grayscale_rgba_16_bit_and_mixed_size_images_train_as_anomalib_reads_the
     Image.fromarray(rng.integers(0, 256, (100, 48, 3), dtype=np.uint8)).save(good / "002.png")  # other size
     sixteen = good / "003.png"
     Image.fromarray(rng.integers(0, 65536, (SIZE, SIZE), dtype=np.uint16)).save(sixteen)  # 16-bit grayscale
-    engine = _engine(tmp_path / "results")
+    engine = quiet_cpu_engine(tmp_path / "results")
     with caplog.at_level(logging.INFO, logger="anomalib_destseg"):
         engine.fit(_model(teacher_weights, student_steps=1, segmentation_steps=1), datamodule=_folder(root))
     assert engine.trainer.global_step == 2

@@ -30,6 +30,7 @@ import pytest
 import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
+from conftest import quiet_cpu_engine
 from lightning.pytorch import Callback
 
 from anomalib_destseg import DeSTSeg
@@ -111,15 +112,7 @@ def _fit(
         evaluator=False,
         visualizer=False,
     )
-    engine = Engine(
-        default_root_dir=root,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=list(callbacks),
-    )
+    engine = quiet_cpu_engine(root, callbacks)
     engine.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     return model, engine
 
