@@ -64,11 +64,14 @@ ALL_VARIANTS = (
     "torch_bf16",
     "channels_last",
     "channels_last_bf16",
+    "torch_compile",
+    "torch_compile_bf16",
     "openvino_fp32",
     "openvino_bf16",
     "openvino_int8",
 )
-BF16_VARIANTS = {"torch_bf16", "channels_last_bf16", "openvino_bf16"}
+BF16_VARIANTS = {"torch_bf16", "channels_last_bf16", "torch_compile_bf16", "openvino_bf16"}
+TORCH_FP32_VARIANTS = {"torch_fp32", "channels_last", "torch_compile"}  # float32 arithmetic in PyTorch
 FP32_TARGET = 0.80
 AUROC_DROP = 0.005
 DESTSEG_TARGET_IPS = 8.0
@@ -138,9 +141,17 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
         from anomalib_destseg.inference import CPUInferenceModel
 
         model = torch.load(spec["path"], map_location="cpu", weights_only=False)["model"]
-        runner = CPUInferenceModel(model, channels_last=spec["channels_last"], bf16=spec["bf16"], copy_model=False)
+        runner = CPUInferenceModel(
+            model,
+            channels_last=spec["channels_last"],
+            bf16=spec["bf16"],
+            copy_model=False,
+            torch_compile=spec.get("torch_compile", False),
+        )
         batch = torch.rand(shape, generator=torch.Generator().manual_seed(0))
         result["precision"] = "bf16 autocast" if spec["bf16"] else "f32"
+        if spec.get("torch_compile"):
+            result["precision"] += ", compiled"
         result["threads"] = torch.get_num_threads()
         run = runner
     result.update(_time_loop(run, batch, spec["warmup"], spec["iterations"]))
@@ -189,13 +200,22 @@ def machine_description() -> dict[str, Any]:
 
 
 def conv_limit(iterations: int, warmup: int = 2) -> dict[str, dict[str, float]]:
-    """Attainable conv throughput (GMAC/s): 3x3 conv 256->256, 64x64, batch 8; fp32 and bf16, NCHW and NHWC."""
+    """Attainable conv throughput (GMAC/s): one 3x3 conv 256->256 at 64x64, batch 8, in fp32 and bf16.
+
+    Timed through torch (oneDNN) in NCHW and channels-last, and through OpenVINO's CPU plugin (its own oneDNN
+    kernels and weight layout); the limit is the best of the three, so no variant below is compared with a slower
+    implementation of the same convolution than this machine offers.
+    """
+    import numpy as np
+    import openvino as ov
     import torch
 
     batch, channels, size = 8, 256, 64
     macs = batch * size * size * channels * channels * 9
     conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
     images = torch.randn(batch, channels, size, size)
+    with torch.inference_mode():
+        ir = ov.convert_model(conv, example_input=images)
     results: dict[str, dict[str, float]] = {}
     for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         results[dtype_name] = {}
@@ -204,13 +224,16 @@ def conv_limit(iterations: int, warmup: int = 2) -> dict[str, dict[str, float]]:
             x = images.to(dtype=dtype).contiguous(memory_format=memory_format)
             with torch.inference_mode():
                 timing = _time_loop(layer, x, warmup, iterations)
-            best = min(timing["batch_seconds"])
-            results[dtype_name][layout] = macs / best / 1e9
+            results[dtype_name][layout] = macs / min(timing["batch_seconds"]) / 1e9
+        hint = {"fp32": "f32", "bf16": "bf16"}[dtype_name]
+        request = ov.Core().compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": hint}).create_infer_request()
+        x = images.numpy().astype(np.float32)
+        timing = _time_loop(lambda array, request=request: request.infer({0: array}), x, warmup, iterations)
+        results[dtype_name]["openvino"] = macs / min(timing["batch_seconds"]) / 1e9
         results[dtype_name]["limit"] = max(results[dtype_name].values())
     return results
 
 
-# --- models ---------------------------------------------------------------------------------------------------
 def _calibration_datamodule(args: argparse.Namespace, workdir: Path) -> Any:
     """Normal training images at the benchmark size for INT8 calibration (from --data-root, else generated)."""
     from anomalib.data import MVTecAD
@@ -254,6 +277,27 @@ def _finite_post_processor(model: Any) -> None:
             buffer.fill_(value)
 
 
+def _check_checkpoint_size(model: Any, checkpoint: str, image_size: int) -> None:
+    """Refuse a checkpoint whose pre-processor resizes to another size than --image-size.
+
+    Its exports and its Lightning forward would resize the benchmark's images to the training size, so the speed
+    would be that of the training size and the anomaly maps would not match the test masks.
+    """
+    from anomalib.data.transforms.utils import extract_transforms_by_type
+    from torchvision.transforms.v2 import Resize
+
+    transform = getattr(getattr(model, "pre_processor", None), "transform", None)
+    resizes = extract_transforms_by_type(transform, Resize) if transform is not None else []
+    sizes = {tuple(resize.size) if len(resize.size) == 2 else (resize.size[0],) * 2 for resize in resizes}
+    if sizes and sizes != {(image_size, image_size)}:
+        trained = ", ".join(f"{h}x{w}" for h, w in sorted(sizes))
+        msg = (
+            f"{checkpoint} resizes its input to {trained}, but --image-size is {image_size}: run with --image-size "
+            f"{next(iter(sorted(sizes)))[0]} to measure this checkpoint (speed and accuracy at its training size)"
+        )
+        raise SystemExit(msg)
+
+
 def build_model(name: str, args: argparse.Namespace, workdir: Path) -> tuple[Any, str]:
     """The Lightning model to benchmark and a note on its weights."""
     model, weights = _build_model(name, args, workdir)
@@ -276,6 +320,7 @@ def _build_model(name: str, args: argparse.Namespace, workdir: Path) -> tuple[An
             model_class = PFADSeg
         if checkpoint:
             model = model_class.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+            _check_checkpoint_size(model, checkpoint, args.image_size)
             return model.eval(), f"trained checkpoint {checkpoint}"
         model = model_class(
             teacher_weights=str(args.teacher_weights), pre_processor=DeSTSeg.configure_pre_processor(size)
@@ -384,6 +429,7 @@ def variant_spec(variant: str, artifacts: dict[str, Any], args: argparse.Namespa
         "backend": info.backend,
         "channels_last": info.channels_last,
         "bf16": info.bf16,
+        "torch_compile": info.torch_compile,
         "precision": info.precision,
         "int8": info.int8,
     }
@@ -477,15 +523,17 @@ def render(report: dict[str, Any]) -> str:
         "",
         "## Attainable convolution throughput",
         "",
-        "3x3 convolution 256 -> 256 channels, 64x64, batch 8 (oneDNN through torch), best of "
-        f"{args['conv_iterations']} after warm-up:",
+        "3x3 convolution 256 -> 256 channels, 64x64, batch 8, best of "
+        f"{args['conv_iterations']} after warm-up, through torch (oneDNN) and OpenVINO; the limit is the best:",
         "",
-        "| dtype | NCHW GMAC/s | channels-last GMAC/s | limit GMAC/s |",
-        "|---|---:|---:|---:|",
+        "| dtype | torch NCHW GMAC/s | torch channels-last GMAC/s | OpenVINO GMAC/s | limit GMAC/s |",
+        "|---|---:|---:|---:|---:|",
     ]
     for dtype in ("fp32", "bf16"):
         row = limits[dtype]
-        lines.append(f"| {dtype} | {row['nchw']:.1f} | {row['channels_last']:.1f} | {row['limit']:.1f} |")
+        lines.append(
+            f"| {dtype} | {row['nchw']:.1f} | {row['channels_last']:.1f} | {row['openvino']:.1f} | {row['limit']:.1f} |"
+        )
     lines += ["", "## Models", "", "| model | weights | GMAC per image |", "|---|---|---:|"]
     for name, entry in report["models"].items():
         lines.append(f"| {name} | {entry['weights']} | {_fmt(entry.get('gmac'), '{:.2f}')} |")
@@ -539,6 +587,19 @@ def check_targets(report: dict[str, Any]) -> tuple[list[str], list[str]]:
                 f"{name}: torch fp32 reaches {result['gmacs']:.1f} GMAC/s = {result['fraction']:.0%} of the fp32 "
                 f"conv limit ({fp32_limit:.1f}); target >= {FP32_TARGET:.0%}: {'met' if met else 'MISSED'}."
             )
+            faster = {
+                v: r
+                for v, r in entry["variants"].items()
+                if v in TORCH_FP32_VARIANTS and "fraction" in r and r["fraction"] > result["fraction"]
+            }
+            best = max(faster, key=lambda v: faster[v]["fraction"], default=None)
+            if best:  # the target counts as met by any float32 torch variant; profile only when none meets it
+                met = faster[best]["fraction"] >= FP32_TARGET
+                lines.append(
+                    f"{name}: the best torch fp32 variant, {best}, reaches {faster[best]['gmacs']:.1f} GMAC/s = "
+                    f"{faster[best]['fraction']:.0%} of the fp32 conv limit; target >= {FP32_TARGET:.0%}: "
+                    f"{'met' if met else 'MISSED'}."
+                )
             if not met and name in OURS:
                 to_profile.append(name)
     destseg = report["models"].get("destseg")

@@ -4,8 +4,10 @@ One module-scoped run (MVTecAD datamodule) records every optimiser step and serv
 stage changes, the student loss curve, the optimisers, metrics, visualisations, predictions and the checkpoint.
 """
 
+import logging
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,7 @@ class Run:
     recorder: StepRecorder | None
     test_results: list[dict[str, float]]
     predictions: list[Any]
+    progress: list[str] = field(default_factory=list)  # the progress lines logged during fit
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +92,31 @@ def mvtec_run(tiny_dataset: Path, teacher_weights: Path, tmp_path_factory: pytes
     model = _model(teacher_weights, student_steps=STUDENT_STEPS, segmentation_steps=SEGMENTATION_STEPS)
     datamodule = _datamodule(tiny_dataset)
     engine = _engine(root, callbacks=[recorder])
-    engine.fit(model, datamodule=datamodule)
+    progress = _ProgressLines()
+    module_logger = logging.getLogger("anomalib_destseg.components.two_stage_module")
+    level = module_logger.level
+    module_logger.addHandler(progress)
+    module_logger.setLevel(logging.INFO)
+    try:
+        engine.fit(model, datamodule=datamodule)
+    finally:
+        module_logger.removeHandler(progress)
+        module_logger.setLevel(level)
     test_results = engine.test(model, datamodule=datamodule)
     predictions = engine.predict(model, datamodule=datamodule)
-    return Run(model, engine, datamodule, root, recorder, test_results, predictions)
+    return Run(model, engine, datamodule, root, recorder, test_results, predictions, progress.lines)
+
+
+class _ProgressLines(logging.Handler):
+    """Collects the module's ``step i/n`` progress lines."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("step "):
+            self.lines.append(record.getMessage())
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +149,22 @@ def test_global_step_is_student_plus_segmentation_steps(mvtec_run: Run) -> None:
     stages = [s["stage"] for s in mvtec_run.recorder.steps]
     assert stages == ["student"] * STUDENT_STEPS + ["segmentation"] * SEGMENTATION_STEPS
     assert [s["step"] for s in mvtec_run.recorder.steps] == list(range(STUDENT_STEPS + SEGMENTATION_STEPS))
+
+
+def test_progress_lines_time_each_stage_separately(mvtec_run: Run) -> None:
+    # 17 steps: fewer than 20, so every step logs a line
+    pattern = re.compile(
+        r"step (\d+)/17 \((\w+) stage\): loss [\d.]+, ([\d.]+) s/step, about (\d+) s left in this stage"
+    )
+    parsed = [pattern.fullmatch(line) for line in mvtec_run.progress]
+    assert all(parsed), mvtec_run.progress
+    steps = [(int(m[1]), m[2], float(m[3]), int(m[4])) for m in parsed]
+    assert [step for step, *_ in steps] == list(range(1, 18))
+    assert [stage for _, stage, *_ in steps] == ["student"] * STUDENT_STEPS + ["segmentation"] * SEGMENTATION_STEPS
+    # the time left counts to the end of the current stage: none at the last student step and at the end
+    assert steps[STUDENT_STEPS - 1][3] == 0 and steps[-1][3] == 0
+    per_step = steps[0][2]
+    assert steps[0][3] == pytest.approx(per_step * (STUDENT_STEPS - 1), abs=1)
 
 
 def test_student_step_changes_only_the_student(mvtec_run: Run) -> None:

@@ -249,6 +249,20 @@ def test_channels_last_matches_and_bf16_stays_close(exported: dict, images: torc
     assert 0 < difference < 0.1  # bfloat16 changes the maps, but not wholesale
 
 
+@pytest.mark.slow
+def test_torch_compile_matches_fp32_and_keeps_the_original(exported: dict, images: torch.Tensor) -> None:
+    """Inductor folds BatchNorm into the convolutions: the same predictions up to float32 rounding."""
+    model = exported["model"]
+    if not isinstance(model, DeSTSeg):  # compiling takes a minute; the wrapper is the same for every model
+        pytest.skip("torch.compile is checked on DeSTSeg only, to keep the suite short")
+    expected = _reference(model, images)
+    compiled = build_variant("torch_compile", model)
+    assert compiled.describe() == "fp32, NCHW, compiled"
+    _assert_same_predictions(compiled(images), expected, batch=len(images))
+    _assert_same_predictions(compiled(images), expected, batch=len(images))  # the second call reuses the graph
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original keeps its BatchNorm
+
+
 def test_openvino_default_precision_runs_close_to_fp32(exported: dict, images: torch.Tensor) -> None:
     model = exported["model"]
     expected = _reference(model, images[:2])

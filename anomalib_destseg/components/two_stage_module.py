@@ -117,6 +117,8 @@ class TwoStageSegmentationModule(ExportChecksMixin, AnomalibModule):
         self.rotation_policy = "none"
         self.full_batch_size = 2
         self._progress_clock: tuple[float, int] | None = None
+        self._progress_stage: str | None = None
+        self._last_step_end: float | None = None
         # Random stream of the synthetic anomalies and rotations (created or restored when training starts).
         self.anomaly_stream: RandomStream | None = None
         self._stream_state_to_resume: dict[str, Any] | None = None
@@ -232,6 +234,7 @@ class TwoStageSegmentationModule(ExportChecksMixin, AnomalibModule):
             self._image_size(),
         )
         self._progress_clock = (time.perf_counter(), self.global_step)
+        self._progress_stage, self._last_step_end = None, None
         if self.trainer.world_size > 1:
             # One seed-derived random stream per process: DDP processes share the seed, and would otherwise draw the
             # same anomalies and rotations. Single-process runs are left untouched.
@@ -413,20 +416,31 @@ class TwoStageSegmentationModule(ExportChecksMixin, AnomalibModule):
         return f"is saved in {path} (inspect it, or resume from it with ckpt_path once the cause is fixed)"
 
     def _report_progress(self, done: int, stage: str, loss: torch.Tensor) -> None:
-        """Log about twenty progress lines per run: the progress bar is invisible in non-interactive logs."""
+        """Log about twenty progress lines per run: the progress bar is invisible in non-interactive logs.
+
+        The rate is that of the current stage only (a segmentation step costs several student steps), so the time
+        left is given for the current stage.
+        """
+        now = time.perf_counter()
+        clock = self._progress_clock or (now, done - 1)
+        if self._progress_stage != stage:  # a new stage: time it from its first step
+            self._progress_stage, clock = stage, (self._last_step_end or clock[0], done - 1)
+            self._progress_clock = clock
+        self._last_step_end = now
         interval = max(1, self.total_steps // 20)
         if done % interval and done != self.total_steps:
             return
-        started, first_step = self._progress_clock or (time.perf_counter(), done - 1)
-        per_step = (time.perf_counter() - started) / max(done - first_step, 1)
+        started, first_step = clock
+        per_step = (now - started) / max(done - first_step, 1)
+        stage_end = self.hparams.student_steps if stage == STUDENT_STAGE else self.total_steps
         logger.info(
-            "step %d/%d (%s stage): loss %.4f, %.2f s/step, about %.0f s left",
+            "step %d/%d (%s stage): loss %.4f, %.2f s/step, about %.0f s left in this stage",
             done,
             self.total_steps,
             stage,
             loss.item(),
             per_step,
-            per_step * (self.total_steps - done),
+            per_step * (stage_end - done),
         )
 
     def _with_idle_parameters(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> torch.Tensor:

@@ -10,6 +10,10 @@ model's own ``forward`` (which is what anomalib exports), with two optional spee
   products in bfloat16, fast on CPUs with AVX-512 BF16 or AMX). The model's outputs are cast back to float32 before
   the post-processor, so thresholds and normalisation run in float32. This costs accuracy (bfloat16 keeps 8 bits of
   mantissa): measure it (``benchmarks/cpu_speed.py --checkpoint ... --data-root ...``).
+- ``torch_compile``: the torch model goes through ``torch.compile`` (inductor) with weight freezing, which folds
+  BatchNorm into the convolutions, fuses the element-wise tails and pre-packs the weights in oneDNN's layout. Needs
+  a C++ compiler; the first call compiles (a minute or two on a small CPU), later calls with the same input shape
+  are fast. Same float32 arithmetic up to the BatchNorm folding, so outputs match fp32 closely.
 
 Example:
     >>> import torch
@@ -25,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from anomalib.data import InferenceBatch
@@ -49,6 +54,7 @@ class CPUInferenceModel(nn.Module):
             whose eval-mode forward returns ``InferenceBatch``.
         channels_last: Use the channels-last (NHWC) memory format for weights and inputs.
         bf16: Run the torch model under bfloat16 autocast; outputs are returned as float32.
+        torch_compile: Compile the torch model with ``torch.compile`` and inductor's weight freezing (first call slow).
         copy_model: Work on a deep copy (default), leaving ``model`` untouched; ``False`` converts ``model`` in place
             (saves the memory of a second copy).
 
@@ -66,6 +72,7 @@ class CPUInferenceModel(nn.Module):
         channels_last: bool = False,
         bf16: bool = False,
         copy_model: bool = True,
+        torch_compile: bool = False,
     ) -> None:
         super().__init__()
         module = copy.deepcopy(model) if copy_model else model
@@ -75,15 +82,31 @@ class CPUInferenceModel(nn.Module):
         self.module = module
         self.channels_last = channels_last
         self.bf16 = bf16
+        self.torch_compile = torch_compile
+        self._compiled_core: Callable[[torch.Tensor], InferenceBatch] | None = None
 
     def describe(self) -> str:
         """Short human-readable description of the settings."""
-        return ", ".join(["bf16 autocast" if self.bf16 else "fp32", "channels-last" if self.channels_last else "NCHW"])
+        parts = ["bf16 autocast" if self.bf16 else "fp32", "channels-last" if self.channels_last else "NCHW"]
+        return ", ".join([*parts, "compiled"] if self.torch_compile else parts)
 
     def train(self, mode: bool = True) -> CPUInferenceModel:
         """Inference only: the wrapped model stays in eval mode."""
         del mode
         return super().train(False)
+
+    def _compiled(self, core: nn.Module) -> Callable[[torch.Tensor], InferenceBatch]:
+        """The inductor-compiled core, built once; freezing treats the eval-mode weights as constants."""
+        if self._compiled_core is None:
+            compiled = torch.compile(core, dynamic=False)
+
+            def run(images: torch.Tensor) -> InferenceBatch:
+                # freezing is read when the graph compiles (first call per input shape), so it must be on then.
+                with torch._inductor.config.patch(freezing=True):
+                    return compiled(images)
+
+            self._compiled_core = run
+        return self._compiled_core
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Predict ``[B, 3, H, W]`` images in ``[0, 1]`` (what the exported model takes)."""
@@ -99,7 +122,7 @@ class CPUInferenceModel(nn.Module):
             if pre_processor:
                 images = pre_processor(images)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                predictions = core(images)
+                predictions = self._compiled(core)(images) if self.torch_compile else core(images)
             predictions = _as_float32(predictions)
             if post_processor:
                 predictions = post_processor(predictions)

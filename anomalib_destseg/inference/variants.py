@@ -6,6 +6,8 @@
 | ``torch_bf16`` | PyTorch under bfloat16 autocast |
 | ``channels_last`` | PyTorch float32, channels-last layout |
 | ``channels_last_bf16`` | PyTorch, channels-last and bfloat16 autocast |
+| ``torch_compile`` | PyTorch float32, ``torch.compile`` with frozen weights (BatchNorm folded; needs a C++ compiler) |
+| ``torch_compile_bf16`` | the same under bfloat16 autocast |
 | ``openvino_fp32`` | OpenVINO IR, ``INFERENCE_PRECISION_HINT=f32`` |
 | ``openvino_bf16`` | OpenVINO IR with the CPU plugin's default precision (bf16 on CPUs with AVX-512 BF16/AMX) |
 | ``openvino_int8`` | OpenVINO IR quantised to INT8 by NNCF post-training quantisation (needs calibration data) |
@@ -47,6 +49,7 @@ class Variant:
         description: One line for reports.
         channels_last: PyTorch: channels-last layout.
         bf16: PyTorch: bfloat16 autocast.
+        torch_compile: PyTorch: ``torch.compile`` with inductor's weight freezing.
         precision: OpenVINO: ``INFERENCE_PRECISION_HINT``, ``None`` for the plugin's default.
         int8: OpenVINO: use the INT8 (NNCF PTQ) IR.
 
@@ -57,6 +60,7 @@ class Variant:
     description: str
     channels_last: bool = False
     bf16: bool = False
+    torch_compile: bool = False
     precision: str | None = "f32"
     int8: bool = False
 
@@ -68,6 +72,10 @@ VARIANTS: dict[str, Variant] = {
         Variant("torch_bf16", "torch", "PyTorch bf16 autocast, NCHW", bf16=True),
         Variant("channels_last", "torch", "PyTorch fp32, channels-last", channels_last=True),
         Variant("channels_last_bf16", "torch", "PyTorch bf16 autocast, channels-last", channels_last=True, bf16=True),
+        Variant("torch_compile", "torch", "PyTorch fp32, torch.compile with frozen weights", torch_compile=True),
+        Variant(
+            "torch_compile_bf16", "torch", "PyTorch bf16 autocast, torch.compile, frozen", bf16=True, torch_compile=True
+        ),
         Variant("openvino_fp32", "openvino", "OpenVINO IR, f32 precision hint", precision="f32"),
         Variant("openvino_bf16", "openvino", "OpenVINO IR, CPU plugin default precision (bf16 here)", precision=None),
         Variant("openvino_int8", "openvino", "OpenVINO IR quantised to INT8 (NNCF PTQ)", precision=None, int8=True),
@@ -114,7 +122,9 @@ def build_variant(
     """
     variant = get_variant(name)
     if variant.backend == "torch":
-        return CPUInferenceModel(model, channels_last=variant.channels_last, bf16=variant.bf16)
+        return CPUInferenceModel(
+            model, channels_last=variant.channels_last, bf16=variant.bf16, torch_compile=variant.torch_compile
+        )
     if export_root is None:
         msg = f"Variant {name} needs export_root (a folder for the OpenVINO IR)."
         raise ValueError(msg)
