@@ -283,17 +283,11 @@ def _check_checkpoint_size(model: Any, checkpoint: str, image_size: int) -> None
     Its exports and its Lightning forward would resize the benchmark's images to the training size, so the speed
     would be that of the training size and the anomaly maps would not match the test masks.
     """
-    from anomalib.data.transforms.utils import extract_transforms_by_type
-    from torchvision.transforms.v2 import Resize
-
-    transform = getattr(getattr(model, "pre_processor", None), "transform", None)
-    resizes = extract_transforms_by_type(transform, Resize) if transform is not None else []
-    sizes = {tuple(resize.size) if len(resize.size) == 2 else (resize.size[0],) * 2 for resize in resizes}
-    if sizes and sizes != {(image_size, image_size)}:
-        trained = ", ".join(f"{h}x{w}" for h, w in sorted(sizes))
+    trained = model._image_size()  # the pre-processor's Resize target, as the model itself checks data against it
+    if trained is not None and tuple(trained) != (image_size, image_size):
         msg = (
-            f"{checkpoint} resizes its input to {trained}, but --image-size is {image_size}: run with --image-size "
-            f"{next(iter(sorted(sizes)))[0]} to measure this checkpoint (speed and accuracy at its training size)"
+            f"{checkpoint} resizes its input to {trained[0]}x{trained[1]}, but --image-size is {image_size}: run with "
+            f"--image-size {trained[0]} to measure this checkpoint (speed and accuracy at its training size)"
         )
         raise SystemExit(msg)
 

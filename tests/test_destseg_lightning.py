@@ -21,6 +21,7 @@ from lightning.pytorch import Callback
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_destseg import DeSTSeg
+from anomalib_destseg.components import two_stage_module
 from anomalib_destseg.metrics import paper_evaluator
 
 SIZE = 64
@@ -93,7 +94,7 @@ def mvtec_run(tiny_dataset: Path, teacher_weights: Path, tmp_path_factory: pytes
     datamodule = _datamodule(tiny_dataset)
     engine = _engine(root, callbacks=[recorder])
     progress = _ProgressLines()
-    module_logger = logging.getLogger("anomalib_destseg.components.two_stage_module")
+    module_logger = two_stage_module.logger
     level = module_logger.level
     module_logger.addHandler(progress)
     module_logger.setLevel(logging.INFO)

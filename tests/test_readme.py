@@ -67,9 +67,16 @@ def shell_commands() -> list[str]:
     return commands
 
 
+def readme_commands(start: str) -> list[str]:
+    """Every README command that starts with ``start``, in README order."""
+    found = [command for command in shell_commands() if command.startswith(start)]
+    assert found, f"no README command starts with {start!r}"
+    return found
+
+
 def readme_command(start: str) -> str:
     """The one README command that starts with ``start``."""
-    found = [command for command in shell_commands() if command.startswith(start)]
+    found = readme_commands(start)
     assert len(found) == 1, f"expected one README command starting with {start!r}, found {found}"
     return found[0]
 
@@ -275,13 +282,6 @@ def test_readme_several_gpus(workspace: dict) -> None:
     assert (
         cwd / "results" / "DeSTSeg" / "MVTecAD" / "bottle" / "v0" / "weights" / "lightning" / "model.ckpt"
     ).is_file()
-
-
-def readme_commands(start: str) -> list[str]:
-    """Every README command that starts with ``start``, in README order."""
-    found = [command for command in shell_commands() if command.startswith(start)]
-    assert found, f"no README command starts with {start!r}"
-    return found
 
 
 BENCHMARK = "anomalib-destseg-benchmark "
