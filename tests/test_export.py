@@ -263,6 +263,12 @@ def test_torch_compile_matches_fp32_and_keeps_the_original(exported: dict, image
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original keeps its BatchNorm
 
 
+def test_torch_compile_without_a_compiler_says_so(exported: dict, images: torch.Tensor, monkeypatch) -> None:
+    monkeypatch.setattr("anomalib_destseg.inference.torch_cpu.shutil.which", lambda name: None)
+    with pytest.raises(RuntimeError, match="torch_compile needs a C\\+\\+ compiler"):
+        build_variant("torch_compile", exported["model"])(images[:1])
+
+
 def test_openvino_default_precision_runs_close_to_fp32(exported: dict, images: torch.Tensor) -> None:
     model = exported["model"]
     expected = _reference(model, images[:2])

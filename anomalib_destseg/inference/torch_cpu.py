@@ -29,11 +29,14 @@ Example:
 from __future__ import annotations
 
 import copy
+import shutil
 from collections.abc import Callable
 
 import torch
 from anomalib.data import InferenceBatch
 from torch import nn
+
+CPP_COMPILERS = ("g++", "c++", "clang++", "cl")  # what inductor's CPU backend can build with
 
 
 def _as_float32(batch: InferenceBatch) -> InferenceBatch:
@@ -98,6 +101,13 @@ class CPUInferenceModel(nn.Module):
     def _compiled(self, core: nn.Module) -> Callable[[torch.Tensor], InferenceBatch]:
         """The inductor-compiled core, built once; freezing treats the eval-mode weights as constants."""
         if self._compiled_core is None:
+            if not any(shutil.which(name) for name in CPP_COMPILERS):
+                msg = (
+                    "torch_compile needs a C++ compiler (inductor builds its CPU kernels with one), and none of "
+                    f"{', '.join(CPP_COMPILERS)} is on PATH: install one (e.g. g++), or use the channels_last or "
+                    "openvino_fp32 variant instead."
+                )
+                raise RuntimeError(msg)
             compiled = torch.compile(core, dynamic=False)
 
             def run(images: torch.Tensor) -> InferenceBatch:
