@@ -7,6 +7,7 @@ import math
 import urllib.error
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,6 +131,52 @@ def test_aspp_has_no_1x1_branch_and_the_reference_dilations() -> None:
     assert all(conv.kernel_size == (3, 3) and conv.bias is None for conv in convs)
     assert aspp.project[0].in_channels == 4 * 256
     assert not any(isinstance(m, torch.nn.Dropout) for m in aspp.modules())
+
+
+def test_segmentation_network_initialised_as_the_reference() -> None:
+    """Kaiming-normal (fan_out) only in the residual blocks; ASPP and the head keep PyTorch's default init."""
+    torch.manual_seed(0)
+    network = SegmentationNetwork(in_channels=448)
+    # residual 3x3 convs 256 -> 256: Kaiming normal, fan_out = 256 * 9, std = sqrt(2 / 2304) = 0.0295
+    residual = network.residual[1].conv1.weight
+    assert residual.std().item() == pytest.approx(math.sqrt(2 / 2304), rel=0.05)
+    # PyTorch's default: uniform in +-1/sqrt(fan_in); std = bound / sqrt(3)
+    final = network.head[1]
+    assert final.weight.abs().max().item() <= 1 / 16  # fan_in 256
+    assert final.weight.std().item() == pytest.approx(1 / 16 / math.sqrt(3), rel=0.15)
+    assert final.bias.abs().max().item() <= 1 / 16
+    head_conv = network.head[0][0].weight  # 3x3, fan_in 2304: bound 0.0208 (Kaiming fan_out would give std 0.0295)
+    assert head_conv.abs().max().item() <= 1 / 48
+    project = network.aspp.project[0].weight  # 3x3 over 1024 channels: bound 1/96
+    assert project.abs().max().item() <= 1 / 96
+
+
+def test_fresh_segmentation_network_is_not_saturated_on_real_features(
+    real_teacher_weights: Path, mvtec_root: Path
+) -> None:
+    """Stage 2 starts with logits near 0 on real teacher features (with Kaiming in the head: half exceed |10|)."""
+    from PIL import Image
+
+    from anomalib_destseg import DeSTSegModel
+
+    files = sorted((mvtec_root / "bottle" / "train" / "good").glob("*.png"))[:4]
+    images = (
+        torch.stack(
+            [
+                torch.from_numpy(np.asarray(Image.open(f).convert("RGB").resize((256, 256)))).permute(2, 0, 1)
+                for f in files
+            ]
+        ).float()
+        / 255
+    )
+    torch.manual_seed(0)
+    model = DeSTSegModel()
+    model.teacher.load_weights(real_teacher_weights)
+    model.set_stage("segmentation")  # segmentation network in training mode, as stage 2 starts
+    with torch.no_grad():
+        logits = model.segmentation_network.logits(model.segmentation_features(*model.encode(images)))
+    assert logits.abs().max().item() < 10
+    assert logits.std().item() < 1.0
 
 
 # --- the teacher ---------------------------------------------------------------------------------------------------

@@ -53,14 +53,40 @@ def test_student_cosine_loss_gradient_reaches_only_the_student() -> None:
 def test_focal_loss_gamma_4_hand_computed() -> None:
     probabilities = torch.tensor([0.9, 0.2, 0.5, 0.3])
     target = torch.tensor([1.0, 0.0, 1.0, 0.0])
-    # p_t = 0.9, 0.8, 0.5, 0.7; term = -(1 - p_t)^4 * ln(p_t + 1e-6); mean of the four
-    terms = [-((1 - p) ** 4) * math.log(p + 1e-6) for p in (0.9, 0.8, 0.5, 0.7)]
+    # p_t = 0.9, 0.8, 0.5, 0.7; term = -ln(p_t) * (1 - p_t)^4 (binary cross-entropy times the focal factor)
+    terms = [-math.log(p) * (1 - p) ** 4 for p in (0.9, 0.8, 0.5, 0.7)]
     assert FocalLoss(gamma=4)(probabilities, target).item() == pytest.approx(sum(terms) / 4, rel=1e-5)
     # gamma 0 is plain binary cross-entropy
-    bce = -sum(math.log(p + 1e-6) for p in (0.9, 0.8, 0.5, 0.7)) / 4
+    bce = -sum(math.log(p) for p in (0.9, 0.8, 0.5, 0.7)) / 4
     assert FocalLoss(gamma=0)(probabilities, target).item() == pytest.approx(bce, rel=1e-5)
     with pytest.raises(ValueError, match="gamma"):
         FocalLoss(gamma=-1)
+
+
+@pytest.mark.parametrize(("logit", "target"), [(-16.0, 1.0), (16.0, 0.0)])
+def test_focal_loss_keeps_the_gradient_of_a_confidently_wrong_pixel(logit: float, target: float) -> None:
+    """At logit -16 for a defect pixel, d loss / d logit is -1 as in the reference (an epsilon in the log: -0.10)."""
+    z = torch.tensor([logit], requires_grad=True)
+    loss = FocalLoss(gamma=4)(torch.sigmoid(z), torch.tensor([target]))
+    loss.backward()
+    # the probability given to the true class: sigmoid(-16) = 1.125e-7 (for logit +16, 1 - sigmoid(16) as float32
+    # rounds it, 1.19e-7)
+    p = torch.sigmoid(torch.tensor(logit)).item() if target == 1.0 else 1 - torch.sigmoid(torch.tensor(logit)).item()
+    # loss = -ln(p) (1 - p)^4 with dp/dz = +-p (1 - p): d/dz = -+[(1 - p)^5 - 4 p ln(p) (1 - p)^4]
+    magnitude = (1 - p) ** 5 - 4 * p * math.log(p) * (1 - p) ** 4
+    assert loss.item() == pytest.approx(-math.log(p) * (1 - p) ** 4, rel=1e-5)
+    assert z.grad.item() == pytest.approx(-magnitude if target == 1.0 else magnitude, rel=1e-4)
+    assert abs(z.grad.item()) > 0.99
+
+
+def test_focal_loss_is_float32_under_bf16_autocast() -> None:
+    probabilities = torch.tensor([0.9, 0.2, 0.5, 0.3], dtype=torch.bfloat16)
+    target = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = FocalLoss(gamma=4)(probabilities, target)
+    assert loss.dtype == torch.float32
+    expected = FocalLoss(gamma=4)(probabilities.float(), target)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_mask_is_rebinarised_at_half_after_bilinear_resize() -> None:

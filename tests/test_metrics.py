@@ -24,6 +24,7 @@ from anomalib_destseg.metrics import (
     IAP90,
     InstanceAP,
     InstanceAP90,
+    RawScorePostProcessor,
     compute_instance_scores,
     instance_average_precision,
     label_instances,
@@ -431,3 +432,46 @@ def test_float16_histogram_matches_keys() -> None:
     scores = torch.cat([torch.randn(5000) * 10, torch.tensor([0.0, -0.0, math.inf, -math.inf, 65504.0])]).half()
     expected = torch.bincount(_half_keys(scores).long(), minlength=2**16)
     assert torch.equal(_half_histogram(scores), expected)
+
+
+def _post_processed_batch(post_processor) -> ImageBatch:
+    """Scores 0.1, 0.2, 0.9, 0.95 (labels 0, 1, 0, 1) after validation set min 0, max 1 and threshold 0.9."""
+    post_processor.image_min.fill_(0.0)
+    post_processor.image_max.fill_(1.0)
+    post_processor._image_threshold.fill_(0.9)
+    batch = ImageBatch(
+        image=torch.zeros(4, 3, 8, 8),
+        pred_score=torch.tensor([0.1, 0.2, 0.9, 0.95]),
+        gt_label=torch.tensor([0, 1, 0, 1]),
+    )
+    post_processor.on_test_batch_end(None, None, batch)
+    return batch
+
+
+def test_raw_scores_reach_the_metrics_while_labels_come_from_the_normalised_threshold() -> None:
+    """Clamping ties 0.1 and 0.2 at 0: AUROC 0.625 on normalised scores, 0.75 on the raw ones (hand-computed).
+
+    Normalised = clamp(score - 0.9 + 0.5, 0, 1) = 0, 0, 0.5, 0.55. Raw pairs (positive > negative): 0.2 > 0.1,
+    0.2 < 0.9, 0.95 > 0.1, 0.95 > 0.9: 3 of 4. Normalised: the tie 0 = 0 counts half: 2.5 of 4.
+    """
+    raw_batch = _post_processed_batch(RawScorePostProcessor())
+    assert torch.equal(raw_batch.raw_pred_score, torch.tensor([0.1, 0.2, 0.9, 0.95]))
+    assert torch.allclose(raw_batch.pred_score, torch.tensor([0.0, 0.0, 0.5, 0.55]))
+    assert raw_batch.pred_label.tolist() == [False, False, False, True]  # normalised > 0.5 <=> raw > 0.9
+    paper = paper_evaluator()
+    paper.test_metrics[0].update(raw_batch)
+    assert paper.test_metrics[0].compute().item() == pytest.approx(0.75)
+    anomalib_default = paper_evaluator(raw_scores=False)
+    anomalib_default.test_metrics[0].update(raw_batch)
+    assert anomalib_default.test_metrics[0].compute().item() == pytest.approx(0.625)
+
+
+def test_the_paper_evaluator_falls_back_to_post_processed_scores_with_a_warning(caplog) -> None:
+    from anomalib.post_processing import PostProcessor
+
+    batch = _post_processed_batch(PostProcessor())  # anomalib's own keeps no raw scores
+    evaluator = paper_evaluator()
+    with caplog.at_level("WARNING"):
+        evaluator.on_test_batch_end(None, None, batch, batch, 0)
+    assert "kept no raw scores" in caplog.text
+    assert evaluator.test_metrics[0].compute().item() == pytest.approx(0.625)

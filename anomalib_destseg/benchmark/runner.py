@@ -95,18 +95,18 @@ def build_model(spec: dict[str, Any]):
         ValueError: If the model name is unknown.
 
     """
-    from anomalib.post_processing import PostProcessor
-
-    from anomalib_destseg.metrics import paper_evaluator
+    from anomalib_destseg.components.resize import AntialiasedPreProcessor
+    from anomalib_destseg.metrics import RawScorePostProcessor, paper_evaluator
 
     name, settings = spec["model"], spec["settings"]
     size = (spec["image_size"], spec["image_size"])
     extra = dict(settings.get("model_kwargs") or {})
     common = {
-        "evaluator": paper_evaluator(),
         # anomalib's min-max normalisation clamps scores to [0, 1] around the adaptive threshold, which ties the
-        # highest (or lowest) scores and so changes AUROC / AP / AUPRO / IAP: off unless asked for.
-        "post_processor": PostProcessor(enable_normalization=bool(spec.get("normalize_scores", False))),
+        # highest (or lowest) scores and so changes AUROC / AP / AUPRO / IAP: the metrics read the raw scores
+        # unless asked otherwise.
+        "evaluator": paper_evaluator(raw_scores=not spec.get("normalize_scores", False)),
+        "post_processor": RawScorePostProcessor(),
         "visualizer": False,
     }
     if name in TWO_STAGE_MODELS:
@@ -132,7 +132,8 @@ def build_model(spec: dict[str, Any]):
                 layers=PATCHCORE_LAYERS,
                 pre_trained=True,
                 coreset_sampling_ratio=settings["coreset_sampling_ratio"],
-                pre_processor=Patchcore.configure_pre_processor(image_size=size),
+                # the peers' own transforms; masks resized as the paper does, as for DeSTSeg
+                pre_processor=AntialiasedPreProcessor(Patchcore.configure_pre_processor(image_size=size).transform),
                 **common,
                 **extra,
             )
@@ -140,7 +141,7 @@ def build_model(spec: dict[str, Any]):
             return Stfpm(
                 backbone=TIMM_BACKBONE,
                 layers=STFPM_LAYERS,
-                pre_processor=Stfpm.configure_pre_processor(image_size=size),
+                pre_processor=AntialiasedPreProcessor(Stfpm.configure_pre_processor(image_size=size).transform),
                 **common,
                 **extra,
             )
@@ -252,7 +253,7 @@ def save_panel_predictions(
 ) -> int:
     """Save the anomaly maps of the panel images (and the test set's map range) to ``path`` (npz); return how many.
 
-    The maps are what the model's ``forward`` returns (raw scores unless ``--normalize-scores``); the panel scales
+    The maps are what the model's ``forward`` returns (normalised by the post-processor); the panel scales
     each model's maps to [0, 1] with ``map_range``, its own minimum and maximum over the whole test set.
     """
     import torch

@@ -11,9 +11,10 @@ clean images) inside a :class:`RandomStream`: a generator state of its own, seed
 ``lightning.seed_everything`` sets) and saved in checkpoints. So the same seed gives the same anomalies, the data
 loader's shuffling (torch's global generator) does not shift them, and a resumed run continues the same sequence.
 
-Texture images are read with PIL like anomalib reads dataset images. Unreadable texture files are reported by name:
-files PIL cannot identify when the generator is created (they are left out), files that fail to decode later (e.g.
-truncated ones) when they are first drawn (left out, another texture is drawn).
+Texture images are read and resized with PIL (bilinear, which antialiases when shrinking), as the reference does.
+Unreadable texture files are reported by name: files PIL cannot identify when the generator is created (they are
+left out), files that fail to decode later (e.g. truncated ones) when they are first drawn (left out, another
+texture is drawn).
 
 Example:
     >>> import torch
@@ -95,13 +96,12 @@ def readable_texture_files(files: list[Path]) -> list[Path]:
 def _read_texture(path: Path, height: int, width: int) -> torch.Tensor:
     try:
         with Image.open(path) as file:
-            array = np.array(file.convert("RGB"))
+            # As the reference: PIL's bilinear filter, which antialiases when shrinking.
+            array = np.array(file.convert("RGB").resize((width, height), Image.Resampling.BILINEAR))
     except Exception as error:  # PIL raises OSError, ValueError, SyntaxError... for corrupt or truncated files
         msg = f"Could not read texture image {path}: {type(error).__name__}: {error}"
         raise TextureReadError(msg) from error
-    image = torch.from_numpy(array).permute(2, 0, 1)
-    # The reference resizes with OpenCV's plain bilinear interpolation, without antialiasing.
-    return TF.resize(image, [height, width], interpolation=InterpolationMode.BILINEAR, antialias=False)
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def fit_perlin_scale(exponents: list[int], height: int, width: int) -> tuple[int, int]:

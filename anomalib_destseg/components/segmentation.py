@@ -49,6 +49,9 @@ class ASPP(nn.Module):
 class SegmentationNetwork(nn.Module):
     """Residual blocks (in->256), ASPP (256->256) and head (3x3 conv, BN, ReLU, 1x1 conv, sigmoid).
 
+    Initialised as the reference: Kaiming-normal (fan_out) convolutions and BN weight 1 / bias 0 in the residual
+    blocks only; ASPP and the head keep PyTorch's default initialisation.
+
     Args:
         in_channels: Channels of the input (448 for DeSTSeg's teacher x student product).
         width: Channels inside the network.
@@ -60,8 +63,15 @@ class SegmentationNetwork(nn.Module):
         self.residual = basic_stage(in_channels, width)
         self.aspp = ASPP(width, width)
         self.head = nn.Sequential(conv_bn_relu(width, width), nn.Conv2d(width, 1, kernel_size=1))
-        init_resnet_weights(self)
+        # As the reference: only the residual blocks get Kaiming initialisation. ASPP and the head keep PyTorch's
+        # default (Kaiming-uniform, a=sqrt(5)); with Kaiming there too, half of the initial logits exceed |10| on
+        # real features and stage 2 starts saturated.
+        init_resnet_weights(self.residual)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The head's output before the sigmoid, ``[B, 1, H, W]``."""
+        return self.head(self.aspp(self.residual(features)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Return the anomaly probability map ``[B, 1, H, W]`` at the input's resolution."""
-        return torch.sigmoid(self.head(self.aspp(self.residual(features))))
+        return torch.sigmoid(self.logits(features))

@@ -49,6 +49,7 @@ from anomalib_destseg.destseg.loss import SegmentationLoss, StudentCosineLoss
 from .anomaly_generator import RandomStream, SyntheticAnomalyGenerator
 from .export import ExportChecksMixin
 from .image_checks import check_dataset_images
+from .resize import AntialiasedPreProcessor
 from .rotation import check_rotation, resolve_rotation, rotate_batch
 from .student_teacher import SIZE_MULTIPLE, SegmentationGuidedStudentTeacher
 from .teacher import IMAGENET, TeacherWeightsError
@@ -160,9 +161,9 @@ class TwoStageSegmentationModule(ExportChecksMixin, AnomalibModule):
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
         """Resize only (default 256x256): anomalies are synthesised on [0, 1] images, the model normalises.
 
-        The resize is plain bilinear without antialiasing, as the reference's OpenCV resize. It is also what
-        OpenVINO executes (its Resize ignores ONNX's antialias flag), so exported models given full-size images
-        match the Lightning model.
+        The resize is bilinear with antialiasing, as the reference's PIL resize, and exported models compute the same
+        resize (:class:`~anomalib_destseg.components.resize.AntialiasedPreProcessor`), so an export given full-size
+        images matches the Lightning model. Ground-truth masks are resized as the reference's evaluation does.
 
         Raises:
             ValueError: If a side of ``image_size`` is not a multiple of 32.
@@ -172,11 +173,18 @@ class TwoStageSegmentationModule(ExportChecksMixin, AnomalibModule):
         if len(image_size) != 2 or any(side <= 0 or side % SIZE_MULTIPLE for side in image_size):
             msg = f"image_size must be two positive multiples of {SIZE_MULTIPLE}, got {image_size}."
             raise ValueError(msg)
-        return PreProcessor(transform=Compose([Resize(image_size, antialias=False)]))
+        return AntialiasedPreProcessor(transform=Compose([Resize(image_size, antialias=True)]))
+
+    @staticmethod
+    def configure_post_processor() -> PostProcessor:
+        """Anomalib's post-processor (normalisation, thresholds) that also keeps the raw scores for the metrics."""
+        from anomalib_destseg.metrics import RawScorePostProcessor
+
+        return RawScorePostProcessor()
 
     @staticmethod
     def configure_evaluator() -> Evaluator:
-        """Anomalib's default test metrics plus pixel AP, AUPRO (FPR limit 0.3), IAP and IAP@90."""
+        """Anomalib's default test metrics plus pixel AP, AUPRO (FPR limit 0.3), IAP and IAP@90, on raw scores."""
         from anomalib_destseg.metrics import paper_evaluator
 
         return paper_evaluator()

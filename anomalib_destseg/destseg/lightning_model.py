@@ -21,7 +21,7 @@ Example:
 """
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from anomalib.metrics import Evaluator
 from anomalib.post_processing import PostProcessor
@@ -31,6 +31,7 @@ from anomalib.visualization import Visualizer
 from anomalib_destseg.components.teacher import IMAGENET
 from anomalib_destseg.components.two_stage_module import TwoStageSegmentationModule
 
+from .reference_checkpoint import convert_state_dict, read_reference_checkpoint
 from .torch_model import DeSTSegModel
 
 
@@ -119,3 +120,29 @@ class DeSTSeg(TwoStageSegmentationModule):
     def build_model(self) -> DeSTSegModel:
         """DeSTSeg's torch model."""
         return DeSTSegModel(top_k=self.hparams.top_k)
+
+    @classmethod
+    def from_reference_checkpoint(cls, path: str | Path, **model_kwargs: Any) -> "DeSTSeg":
+        """A DeSTSeg with the weights of one of the authors' released checkpoints, ready to test, predict, export.
+
+        The reference code trains at 256x256 (the default pre-processor). The post-processor has no thresholds
+        until validation: ``Engine.validate(model, datamodule=...)`` sets anomalib's adaptive thresholds and
+        normalisation, as training does; without it, labels and masks threshold the raw probabilities at 0.5.
+
+        Args:
+            path: A reference ``.pckl`` file (``DeSTSeg_MVTec_5000_<category>.pckl``).
+            **model_kwargs: Constructor arguments (e.g. ``pre_processor``, ``evaluator``).
+
+        Raises:
+            FileNotFoundError: If ``path`` does not exist.
+            ReferenceCheckpointError: If the file is not a reference checkpoint (the message names the tensors).
+
+        Example:
+            >>> model = DeSTSeg.from_reference_checkpoint("DeSTSeg_MVTec_5000_bottle.pckl")  # doctest: +SKIP
+
+        """
+        model = cls(**model_kwargs)
+        state = convert_state_dict(read_reference_checkpoint(path), model.model.state_dict())
+        model.model.load_state_dict(state, strict=True)
+        model.completed_steps.fill_(model.total_steps)  # fully trained: exports do not warn
+        return model

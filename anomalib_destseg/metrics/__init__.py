@@ -3,7 +3,8 @@
 - :func:`instance_average_precision`: instance average precision (IAP) and IAP@90 of a whole data set.
 - :class:`IAP`, :class:`IAP90`: the same as anomalib metrics (logged as ``pixel_IAP`` / ``pixel_IAP90`` with
   ``prefix="pixel_"``).
-- :func:`paper_evaluator`: anomalib's default test metrics plus pixel AP, AUPRO and IAP / IAP@90.
+- :func:`paper_evaluator`: anomalib's default test metrics plus pixel AP, AUPRO and IAP / IAP@90, on raw scores.
+- :class:`RawScorePostProcessor`, :class:`PaperEvaluator`: how raw scores reach the metrics (see :mod:`.raw_scores`).
 
 Example:
     >>> from anomalib_destseg.metrics import paper_evaluator
@@ -14,7 +15,7 @@ Example:
 
 """
 
-from anomalib.metrics import AUPR, AUPRO, AUROC, Evaluator, F1Score
+from anomalib.metrics import AUPR, AUPRO, AUROC, F1Score
 
 from .instance_ap import (
     IAP,
@@ -25,49 +26,59 @@ from .instance_ap import (
     instance_average_precision,
     label_instances,
 )
+from .raw_scores import RAW_ANOMALY_MAP, RAW_PRED_SCORE, PaperEvaluator, RawScorePostProcessor, keep_raw_scores
 
 __all__ = [
     "IAP",
     "IAP90",
     "InstanceAP",
     "InstanceAP90",
+    "PaperEvaluator",
+    "RawScorePostProcessor",
     "compute_instance_scores",
     "instance_average_precision",
+    "keep_raw_scores",
     "label_instances",
     "paper_evaluator",
 ]
 
 
-def paper_evaluator(compact_iap: bool = False, compute_on_cpu: bool = True) -> Evaluator:
-    """Build the evaluator with the metrics reported in the DeSTSeg paper.
+def paper_evaluator(compact_iap: bool = False, compute_on_cpu: bool = True, raw_scores: bool = True) -> PaperEvaluator:
+    """Build the evaluator with the metrics reported in the DeSTSeg paper, computed as the paper computes them.
 
     Test metrics and their logged names:
 
     - ``image_AUROC``, ``image_F1Score``, ``pixel_AUROC``, ``pixel_F1Score``: anomalib's defaults
       (``AnomalibModule.configure_evaluator``);
-    - ``pixel_AUPR``: pixel-level average precision (anomalib's ``AUPR`` on ``anomaly_map`` / ``gt_mask``);
+    - ``pixel_AUPR``: pixel-level average precision (anomalib's ``AUPR`` over all pixels);
     - ``pixel_AUPRO``: anomalib's ``AUPRO`` with ``fpr_limit=0.3``;
     - ``pixel_IAP``, ``pixel_IAP90``: instance average precision and IAP@90 (:class:`IAP`, :class:`IAP90`).
 
-    All pixel metrics use ``strict=False``: batches without ``gt_mask`` are skipped, as in anomalib.
+    The ranking metrics (AUROC, AUPR, AUPRO, IAP) read the raw scores and maps (``raw_pred_score``,
+    ``raw_anomaly_map``, kept by :class:`RawScorePostProcessor`), as the paper does; the F1 scores read the
+    thresholded labels and masks, which are the same whether thresholded raw or normalised. All pixel metrics use
+    ``strict=False``: batches without ``gt_mask`` are skipped, as in anomalib.
 
     Args:
         compact_iap: Let IAP / IAP@90 keep 1 MiB float16 histograms instead of every pixel score (the result is then
             exact for float16-rounded maps, see :class:`IAP`). Defaults to ``False`` (exact).
         compute_on_cpu: Passed to :class:`anomalib.metrics.Evaluator`. Defaults to ``True``.
+        raw_scores: Compute the ranking metrics on raw scores (``True``, the paper) or on the post-processed ones
+            (``False``, anomalib's default: normalised and clamped to [0, 1]).
 
     Returns:
-        An evaluator with no validation metrics and the eight test metrics above.
+        A :class:`PaperEvaluator` with no validation metrics and the eight test metrics above.
 
     Example:
         >>> evaluator = paper_evaluator()
-        >>> evaluator.test_metrics[-1].name
-        'pixel_IAP90'
+        >>> evaluator.test_metrics[-1].name, evaluator.test_metrics[0].fields
+        ('pixel_IAP90', ['raw_pred_score', 'gt_label'])
 
     """
-    pixel_fields = ["anomaly_map", "gt_mask"]
+    score, anomaly_map = (RAW_PRED_SCORE, RAW_ANOMALY_MAP) if raw_scores else ("pred_score", "anomaly_map")
+    pixel_fields = [anomaly_map, "gt_mask"]
     test_metrics = [
-        AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+        AUROC(fields=[score, "gt_label"], prefix="image_"),
         F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
         AUROC(fields=pixel_fields, prefix="pixel_", strict=False),
         F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
@@ -76,4 +87,4 @@ def paper_evaluator(compact_iap: bool = False, compute_on_cpu: bool = True) -> E
         IAP(fields=pixel_fields, prefix="pixel_", strict=False, compact=compact_iap),
         IAP90(fields=pixel_fields, prefix="pixel_", strict=False, compact=compact_iap),
     ]
-    return Evaluator(test_metrics=test_metrics, compute_on_cpu=compute_on_cpu)
+    return PaperEvaluator(test_metrics=test_metrics, compute_on_cpu=compute_on_cpu)
