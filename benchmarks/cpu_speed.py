@@ -283,7 +283,7 @@ def _check_checkpoint_size(model: Any, checkpoint: str, image_size: int) -> None
     Its exports and its Lightning forward would resize the benchmark's images to the training size, so the speed
     would be that of the training size and the anomaly maps would not match the test masks.
     """
-    trained = model._image_size()  # the pre-processor's Resize target, as the model itself checks data against it
+    trained = model.image_size  # the pre-processor's Resize target
     if trained is not None and tuple(trained) != (image_size, image_size):
         msg = (
             f"{checkpoint} resizes its input to {trained[0]}x{trained[1]}, but --image-size is {image_size}: run with "
@@ -302,64 +302,53 @@ def build_model(name: str, args: argparse.Namespace, workdir: Path) -> tuple[Any
 def _build_model(name: str, args: argparse.Namespace, workdir: Path) -> tuple[Any, str]:
     import torch
 
-    size = (args.image_size, args.image_size)
+    from anomalib_destseg.benchmark.models import build_model, canonical_name
+
     checkpoint = args.checkpoints.get(name)
-    if name in OURS:
-        from anomalib_destseg import DeSTSeg
+    if checkpoint:
+        from anomalib_destseg import DeSTSeg, PFADSeg
 
-        model_class = DeSTSeg
-        if name == "pfadseg":
-            from anomalib_destseg import PFADSeg
-
-            model_class = PFADSeg
-        if checkpoint:
-            model = model_class.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+        classes = {"destseg": DeSTSeg, "pfadseg": PFADSeg}
+        if name in classes:
+            model = classes[name].load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
             _check_checkpoint_size(model, checkpoint, args.image_size)
-            return model.eval(), f"trained checkpoint {checkpoint}"
-        model = model_class(
-            teacher_weights=str(args.teacher_weights), pre_processor=DeSTSeg.configure_pre_processor(size)
-        )
+        else:
+            from anomalib.models import Patchcore, Stfpm
+
+            model_class = {"stfpm": Stfpm, "patchcore": Patchcore}[name]
+            model = model_class.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+        return model.eval(), f"trained checkpoint {checkpoint}"
+    model = build_model(canonical_name(name), args.image_size, teacher_weights=args.teacher_weights)
+    if name in OURS:
         model.model.teacher.load_weights(args.teacher_weights)
         return model.eval(), "ImageNet teacher, untrained student (speed only)"
     if name == "stfpm":
-        from anomalib.models import Stfpm
-
-        if checkpoint:
-            return Stfpm.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False).eval(), checkpoint
-        model = Stfpm(backbone="resnet18.tv_in1k", pre_processor=Stfpm.configure_pre_processor(size))
         return model.eval(), "ImageNet teacher, untrained student (speed only)"
-    if name == "patchcore":
-        from anomalib.models import Patchcore
+    if args.data_root:
+        from anomalib.data import MVTecAD
+        from anomalib.engine import Engine
 
-        if checkpoint:
-            return Patchcore.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False).eval(), checkpoint
-        model = Patchcore(backbone="resnet18.tv_in1k", pre_processor=Patchcore.configure_pre_processor(size))
-        if args.data_root:
-            from anomalib.data import MVTecAD
-            from anomalib.engine import Engine
-
-            datamodule = MVTecAD(
-                root=args.data_root, category=args.category, train_batch_size=8, eval_batch_size=8, num_workers=0
-            )
-            engine = Engine(
-                accelerator="cpu",
-                devices=1,
-                logger=False,
-                default_root_dir=str(workdir / "patchcore_fit"),
-                enable_progress_bar=False,
-            )
-            engine.fit(model=model, datamodule=datamodule)
-            return model.eval(), f"fitted on {args.category} train ({len(model.model.memory_bank)} bank rows)"
-        model.model.train()
-        crop = model.pre_processor.transform(torch.rand(1, 3, *size))
-        with torch.no_grad():
-            embedding = model.model(crop)
-        patches, dim = embedding.shape[0], embedding.shape[1]
-        rows = round(0.1 * args.patchcore_train_images * patches)
-        model.model.memory_bank = torch.randn(rows, dim, generator=torch.Generator().manual_seed(0))
-        return model.eval(), f"random memory bank {rows}x{dim} (= 0.1 x {args.patchcore_train_images} images)"
-    msg = f"unknown model {name}"
-    raise ValueError(msg)
+        datamodule = MVTecAD(
+            root=args.data_root, category=args.category, train_batch_size=8, eval_batch_size=8, num_workers=0
+        )
+        engine = Engine(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            default_root_dir=str(workdir / "patchcore_fit"),
+            enable_progress_bar=False,
+        )
+        engine.fit(model=model, datamodule=datamodule)
+        return model.eval(), f"fitted on {args.category} train ({len(model.model.memory_bank)} bank rows)"
+    model.model.train()
+    size = (args.image_size, args.image_size)
+    crop = model.pre_processor.transform(torch.rand(1, 3, *size))
+    with torch.no_grad():
+        embedding = model.model(crop)
+    patches, dim = embedding.shape[0], embedding.shape[1]
+    rows = round(0.1 * args.patchcore_train_images * patches)
+    model.model.memory_bank = torch.randn(rows, dim, generator=torch.Generator().manual_seed(0))
+    return model.eval(), f"random memory bank {rows}x{dim} (= 0.1 x {args.patchcore_train_images} images)"
 
 
 def count_macs(model: Any, image_size: int) -> float:

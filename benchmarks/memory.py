@@ -84,7 +84,7 @@ def _train(
     from anomalib.engine import Engine
     from lightning.pytorch import Callback
 
-    from anomalib_destseg import DeSTSeg
+    from anomalib_destseg.benchmark.models import build_model
     from anomalib_destseg.data import make_synthetic_dataset
 
     class Probe(Callback):
@@ -106,14 +106,14 @@ def _train(
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         make_synthetic_dataset(root / "data", image_size=size, num_train=2 * batch, num_test_good=2, num_test_defect=2)
-        model = DeSTSeg(
-            student_steps=student_steps,
-            segmentation_steps=steps - student_steps,
+        model = build_model(
+            "DeSTSeg",
+            size,
             teacher_weights=args.teacher_weights,
             texture_dir=args.texture_dir,
-            pre_processor=DeSTSeg.configure_pre_processor((size, size)),
+            student_steps=student_steps,
+            segmentation_steps=steps - student_steps,
             evaluator=False,
-            visualizer=False,
         )
         datamodule = MVTecAD(
             root=root / "data", category="synthetic", train_batch_size=batch, eval_batch_size=batch, num_workers=0

@@ -1,5 +1,8 @@
 """Shared fixtures: a tiny generated dataset, teacher weights and textures, all without downloads.
 
+Tests are laid out by what they test: ``unit/`` mirrors the package, ``integration/`` runs anomalib's Engine and CLI,
+export, resume, DDP and the README. Plain helpers (paths, sizes, a quiet Engine) are in ``helpers.py``.
+
 The real ImageNet weights and DTD textures live in ../shared (never copied into the repository). Tests that need the
 real files skip with a reason when they are absent; machinery tests fall back to a local random-weight file, which
 exercises the same loading path as a user's ``teacher_weights`` file.
@@ -10,14 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-SHARED_WEIGHTS = SHARED / "weights" / "resnet18_imagenet1k_layer1to3.pth"
-SHARED_DTD = SHARED / "data" / "dtd" / "images"
-SHARED_MVTEC = SHARED / "data" / "mvtec_ad"
-
-TINY_SIZE = 64  # smallest comfortable multiple of 32: every layer still has >= 2x2 pixels
+from helpers import SHARED_DTD, SHARED_MVTEC, SHARED_WEIGHTS, TINY_SIZE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never try the network from tests
 
@@ -80,18 +76,3 @@ def tiny_model_kwargs(teacher_weights: Path) -> dict:
         "teacher_weights": str(teacher_weights),
         "pre_processor": DeSTSeg.configure_pre_processor((TINY_SIZE, TINY_SIZE)),
     }
-
-
-def quiet_cpu_engine(root: Path, callbacks: tuple = ()):
-    """anomalib Engine on one CPU device writing under ``root``, without logger, progress bar or model summary."""
-    from anomalib.engine import Engine
-
-    return Engine(
-        default_root_dir=root,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=list(callbacks),
-    )

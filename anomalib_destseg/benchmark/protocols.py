@@ -51,12 +51,6 @@ MODEL_NAMES = ("DeSTSeg", "PFADSeg", "Patchcore", "Stfpm")
 TWO_STAGE_MODELS = ("DeSTSeg", "PFADSeg")
 """Models trained with the DeSTSeg two-stage schedule (``student_steps`` + ``segmentation_steps``)."""
 
-TIMM_BACKBONE = "resnet18.tv_in1k"
-"""timm's name of torchvision's ImageNet ResNet-18 (IMAGENET1K_V1): the same weights as the DeSTSeg teacher."""
-
-PATCHCORE_LAYERS = ("layer2", "layer3")
-STFPM_LAYERS = ("layer1", "layer2", "layer3")
-
 
 @dataclass(frozen=True)
 class ModelSettings:

@@ -34,7 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from .protocols import PATCHCORE_LAYERS, STFPM_LAYERS, TIMM_BACKBONE, TWO_STAGE_MODELS
+from anomalib_destseg.components.teacher import TIMM_NAME
+
+from .models import build_datamodule, build_engine, build_model, timm_weights_message
+from .protocols import TWO_STAGE_MODELS
 
 logger = logging.getLogger("anomalib_destseg.benchmark")
 
@@ -42,137 +45,6 @@ RESULT_FILE = "result.json"
 PREFLIGHT_FLAG = "--preflight"
 PREFLIGHT_MARKER = "PREFLIGHT "
 PREDICTIONS_FILE = "predictions.npz"
-
-
-def timm_weights_message(cause: BaseException) -> str:
-    """The error message when timm cannot load ``resnet18.tv_in1k`` (usually: offline, cache not prepared)."""
-    shared = Path(__file__).resolve().parents[3] / "shared" / "weights" / "offline_cache.py"
-    script = str(shared) if shared.is_file() else "offline_cache.py (shipped with the shared weights)"
-    return (
-        f"Patchcore and Stfpm need timm's ImageNet ResNet-18 '{TIMM_BACKBONE}' (the DeSTSeg teacher's weights), "
-        f"which could not be loaded ({error_line(cause)}). "
-        f"Without network access run `python {script} --hf-home DIR --torch-home DIR` once and "
-        "`export HF_HOME=DIR TORCH_HOME=DIR HF_HUB_OFFLINE=1` before the benchmark."
-    )
-
-
-def build_datamodule(spec: dict[str, Any]):
-    """Create the anomalib datamodule described by ``spec["dataset"]``.
-
-    The validation split is the test split (anomalib's MVTec AD default, also used for Folder): it only sets the
-    adaptive thresholds and the min-max normalisation of scores, which no reported metric depends on; nothing is
-    selected on it (no early stopping, no best-checkpoint picking).
-    """
-    from anomalib.data import Folder, MVTecAD
-    from anomalib.data.utils import ValSplitMode
-
-    dataset, settings = spec["dataset"], spec["settings"]
-    common = {
-        "train_batch_size": settings["train_batch_size"],
-        "eval_batch_size": settings["eval_batch_size"],
-        "num_workers": spec["num_workers"],
-        "val_split_mode": ValSplitMode.SAME_AS_TEST,
-        "seed": spec["seed"],
-    }
-    if dataset["kind"] == "mvtec":
-        return MVTecAD(root=dataset["root"], category=dataset["category"], **common)
-    return Folder(
-        name=dataset["name"],
-        root=dataset.get("root"),
-        normal_dir=dataset["normal_dir"],
-        abnormal_dir=dataset.get("abnormal_dir"),
-        normal_test_dir=dataset.get("normal_test_dir"),
-        mask_dir=dataset.get("mask_dir"),
-        **common,
-    )
-
-
-def build_model(spec: dict[str, Any]):
-    """Create the model named ``spec["model"]`` with the paper evaluator and the protocol's settings.
-
-    Raises:
-        RuntimeError: If Patchcore / Stfpm cannot load timm's ImageNet ResNet-18 (with the fix in the message).
-        ValueError: If the model name is unknown.
-
-    """
-    from anomalib_destseg.components.resize import AntialiasedPreProcessor
-    from anomalib_destseg.metrics import RawScorePostProcessor, paper_evaluator
-
-    name, settings = spec["model"], spec["settings"]
-    size = (spec["image_size"], spec["image_size"])
-    extra = dict(settings.get("model_kwargs") or {})
-    common = {
-        # anomalib's min-max normalisation clamps scores to [0, 1] around the adaptive threshold, which ties the
-        # highest (or lowest) scores and so changes AUROC / AP / AUPRO / IAP: the metrics read the raw scores
-        # unless asked otherwise.
-        "evaluator": paper_evaluator(raw_scores=not spec.get("normalize_scores", False)),
-        "post_processor": RawScorePostProcessor(),
-        "visualizer": False,
-    }
-    if name in TWO_STAGE_MODELS:
-        if name == "DeSTSeg":
-            from anomalib_destseg import DeSTSeg as ModelClass
-        else:
-            from anomalib_destseg.pfadseg import PFADSeg as ModelClass
-        return ModelClass(
-            student_steps=settings["student_steps"],
-            segmentation_steps=settings["segmentation_steps"],
-            teacher_weights=spec["teacher_weights"],
-            texture_dir=spec.get("texture_dir"),
-            pre_processor=ModelClass.configure_pre_processor(size),
-            **common,
-            **extra,
-        )
-    from anomalib.models import Patchcore, Stfpm
-
-    try:
-        if name == "Patchcore":
-            return Patchcore(
-                backbone=TIMM_BACKBONE,
-                layers=PATCHCORE_LAYERS,
-                pre_trained=True,
-                coreset_sampling_ratio=settings["coreset_sampling_ratio"],
-                # the peers' own transforms; masks resized as the paper does, as for DeSTSeg
-                pre_processor=AntialiasedPreProcessor(Patchcore.configure_pre_processor(image_size=size).transform),
-                **common,
-                **extra,
-            )
-        if name == "Stfpm":
-            return Stfpm(
-                backbone=TIMM_BACKBONE,
-                layers=STFPM_LAYERS,
-                pre_processor=AntialiasedPreProcessor(Stfpm.configure_pre_processor(image_size=size).transform),
-                **common,
-                **extra,
-            )
-    except (OSError, RuntimeError) as error:  # hub errors (offline) are OSErrors or RuntimeErrors
-        raise RuntimeError(timm_weights_message(error)) from error
-    msg = f"unknown model {name!r}"
-    raise ValueError(msg)
-
-
-def build_engine(spec: dict[str, Any], root: Path):
-    """Anomalib ``Engine`` (results under ``root``) without loggers, progress bars or (unless asked) checkpoints."""
-    from anomalib.callbacks import ModelCheckpoint
-    from anomalib.engine import Engine
-
-    kwargs: dict[str, Any] = {
-        "accelerator": spec["accelerator"],
-        "devices": 1,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "default_root_dir": root,
-    }
-    if not spec.get("keep_checkpoints"):
-        # anomalib adds a checkpoint callback unless one is given: this one writes nothing (the benchmark always
-        # tests the model after its last step, never a picked checkpoint).
-        kwargs["callbacks"] = [ModelCheckpoint(save_top_k=0)]
-    epochs = spec["settings"].get("epochs")
-    if spec["model"] == "Stfpm" and epochs:
-        # Validation (thresholds only) runs once, after the last epoch; no early stopping.
-        kwargs.update(max_epochs=epochs, check_val_every_n_epoch=epochs)
-    return Engine(**kwargs)
 
 
 def select_panel_indices(image_paths: list[str], labels: list[int], count: int) -> list[int]:
@@ -299,12 +171,30 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
     run_dir = Path(spec["run_dir"])
     seed_everything(spec["seed"], workers=True)
-    datamodule = build_datamodule(spec)
-    model = build_model(spec)
+    settings = spec["settings"]
+    datamodule = build_datamodule(
+        spec["dataset"], settings["train_batch_size"], settings["eval_batch_size"], spec["num_workers"], spec["seed"]
+    )
+    model = build_model(
+        spec["model"],
+        spec["image_size"],
+        teacher_weights=spec["teacher_weights"],
+        texture_dir=spec.get("texture_dir"),
+        student_steps=settings.get("student_steps"),
+        segmentation_steps=settings.get("segmentation_steps"),
+        coreset_sampling_ratio=settings.get("coreset_sampling_ratio"),
+        raw_scores=not spec.get("normalize_scores", False),
+        **(settings.get("model_kwargs") or {}),
+    )
     # anomalib's Engine writes a versioned folder tree (with a "latest" link): keep it only with the checkpoint.
     keep = bool(spec.get("keep_checkpoints"))
     with tempfile.TemporaryDirectory(prefix="benchmark_engine_") as scratch:
-        engine = build_engine(spec, run_dir / "engine" if keep else Path(scratch))
+        engine = build_engine(
+            run_dir / "engine" if keep else Path(scratch),
+            spec["accelerator"],
+            keep_checkpoints=keep,
+            epochs=settings.get("epochs") if spec["model"] == "Stfpm" else None,
+        )
 
         start = time.perf_counter()
         engine.fit(model, datamodule=datamodule)
@@ -371,7 +261,7 @@ def preflight(models: list[str], teacher_weights: str) -> tuple[list[str], list[
         try:
             import timm
 
-            timm_state = timm.create_model(TIMM_BACKBONE, pretrained=True).state_dict()
+            timm_state = timm.create_model(TIMM_NAME, pretrained=True).state_dict()
         except Exception as error:
             errors.append(timm_weights_message(error))
     same = None
@@ -380,7 +270,7 @@ def preflight(models: list[str], teacher_weights: str) -> tuple[list[str], list[
         same = bool(keys) and all(k in timm_state and torch.equal(teacher[k], timm_state[k]) for k in keys)
         if not same:
             notes.append(
-                f"The DeSTSeg/PFADSeg teacher weights ({teacher_weights}) differ from timm's {TIMM_BACKBONE} used by "
+                f"The DeSTSeg/PFADSeg teacher weights ({teacher_weights}) differ from timm's {TIMM_NAME} used by "
                 "Patchcore/Stfpm: the models do not share the same ImageNet features."
             )
     return errors, notes, same

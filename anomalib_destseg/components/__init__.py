@@ -1,6 +1,5 @@
-"""Building blocks shared by DeSTSeg and PFADSeg."""
+"""Torch building blocks of DeSTSeg and PFADSeg, written once: teacher, student, segmentation network, losses."""
 
-from .anomaly_generator import SyntheticAnomalyGenerator
 from .feature_ops import (
     channel_l2_normalize,
     concat_at_finest,
@@ -8,19 +7,24 @@ from .feature_ops import (
     level_products,
     segmentation_input,
 )
+from .loss import FocalLoss, SegmentationLoss, StudentCosineLoss
 from .segmentation import ASPP, SegmentationNetwork
+from .stage import Stage
 from .student import StudentDecoder, StudentEncoder
 from .student_teacher import SegmentationGuidedStudentTeacher, check_images, top_k_mean
 from .teacher import ResNet18Teacher, TeacherWeightsError
 
 __all__ = [
     "ASPP",
+    "FocalLoss",
     "ResNet18Teacher",
     "SegmentationGuidedStudentTeacher",
+    "SegmentationLoss",
     "SegmentationNetwork",
+    "Stage",
+    "StudentCosineLoss",
     "StudentDecoder",
     "StudentEncoder",
-    "SyntheticAnomalyGenerator",
     "TeacherWeightsError",
     "channel_l2_normalize",
     "check_images",

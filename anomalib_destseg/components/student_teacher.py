@@ -5,8 +5,10 @@ how teacher and student features are turned into the segmentation network's inpu
 (:meth:`SegmentationGuidedStudentTeacher.segmentation_features`). Everything else, including ImageNet normalisation
 inside the model (so exported models take ``[0, 1]`` images) and the image score, lives here.
 
-In training mode ``forward`` returns the segmentation network's probability map at 1/4 resolution; in eval mode it
-returns anomalib's ``InferenceBatch(pred_score, anomaly_map)`` with the map at the input's size.
+In eval mode ``forward`` returns anomalib's ``InferenceBatch(pred_score, anomaly_map)`` with the map at the input's
+size. Training runs :meth:`~SegmentationGuidedStudentTeacher.student_pass` (stage 1) or
+:meth:`~SegmentationGuidedStudentTeacher.segmentation_pass` (stage 2) after
+:meth:`~SegmentationGuidedStudentTeacher.set_stage`.
 """
 
 from abc import ABC, abstractmethod
@@ -18,6 +20,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from .feature_ops import segmentation_input
 from .segmentation import SegmentationNetwork
+from .stage import Stage
 from .teacher import ResNet18Teacher
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -106,9 +109,9 @@ class SegmentationGuidedStudentTeacher(nn.Module, ABC):
         """ImageNet-normalise ``[0, 1]`` images."""
         return (images - self.mean) / self.std
 
-    def set_stage(self, stage: str) -> None:
-        """Put sub-modules in the mode a training stage needs (``"student"`` or ``"segmentation"``)."""
-        student_training = stage == "student"
+    def set_stage(self, stage: Stage) -> None:
+        """Put sub-modules in the mode a training stage needs; the teacher always stays in eval mode."""
+        student_training = Stage(stage) is Stage.STUDENT
         for module in self.student_modules:
             module.train(student_training)
         for module in self.segmentation_modules:
@@ -125,11 +128,38 @@ class SegmentationGuidedStudentTeacher(nn.Module, ABC):
         """The segmentation network's probability map ``[B, 1, H/4, W/4]`` for ``[0, 1]`` images."""
         return self.segmentation_network(self.segmentation_features(*self.encode(images)))
 
+    # --- training forwards ------------------------------------------------------------------------------------
+    def student_pass(
+        self, student_input: torch.Tensor, clean: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Stage 1: the student's features of ``student_input`` and, as their target, the teacher's of ``clean``.
+
+        Args:
+            student_input: ``[0, 1]`` images the student sees (corrupted when denoising, the reference).
+            clean: The same images without synthetic anomalies.
+
+        Returns:
+            ``(student features, teacher features)``, three levels each, finest first; the teacher's are detached.
+
+        """
+        normalized = self.normalize(student_input)
+        teacher_of_input = self.teacher(normalized) if self.student_reads_teacher else None
+        student = self.student_features(normalized, teacher_of_input)
+        with torch.no_grad():
+            target = self.teacher(self.normalize(clean))
+        return student, target
+
+    def segmentation_pass(self, corrupted: torch.Tensor) -> torch.Tensor:
+        """Stage 2: the probability map ``[B, 1, H/4, W/4]`` of corrupted images, with teacher and student frozen."""
+        with torch.no_grad():
+            teacher, student = self.encode(corrupted)
+        return self.segmentation_network(self.segmentation_features(teacher, student))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor | InferenceBatch:
         """Segment ``[0, 1]`` images ``[B, 3, H, W]`` (H, W multiples of 32).
 
         Returns:
-            In training mode the 1/4-resolution probability map; in eval mode
+            In training mode the 1/4-resolution probability map (gradients through every part); in eval mode
             ``InferenceBatch(pred_score=[B], anomaly_map=[B, 1, H, W])``.
 
         """

@@ -25,6 +25,8 @@ from torchvision.models import ResNet18_Weights, resnet18
 logger = logging.getLogger(__name__)
 
 IMAGENET = "imagenet"
+TIMM_NAME = "resnet18.tv_in1k"
+"""timm's name of the teacher's weights (torchvision's IMAGENET1K_V1; timm's plain ``resnet18`` is other weights)."""
 TEACHER_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")
 TORCHVISION_FILE = "resnet18-f37072fd.pth"
 

@@ -1,5 +1,14 @@
-"""Data helpers: a generated MVTec-layout dataset for demos and tests."""
+"""Data: the synthetic anomalies of training, the reference's resizing and rotation, image checks, a demo dataset."""
 
+from .anomaly_generator import SyntheticAnomalyGenerator
+from .resize import AntialiasedPreProcessor, AntialiasedResize, resize_masks
 from .synthetic import DEFAULT_CATEGORY, make_synthetic_dataset
 
-__all__ = ["DEFAULT_CATEGORY", "make_synthetic_dataset"]
+__all__ = [
+    "DEFAULT_CATEGORY",
+    "AntialiasedPreProcessor",
+    "AntialiasedResize",
+    "SyntheticAnomalyGenerator",
+    "make_synthetic_dataset",
+    "resize_masks",
+]

@@ -17,15 +17,8 @@ Example:
 
 from anomalib.metrics import AUPR, AUPRO, AUROC, F1Score
 
-from .instance_ap import (
-    IAP,
-    IAP90,
-    InstanceAP,
-    InstanceAP90,
-    compute_instance_scores,
-    instance_average_precision,
-    label_instances,
-)
+from .instance_ap import compute_instance_scores, instance_average_precision, label_instances
+from .instance_ap_metric import IAP, IAP90, InstanceAP, InstanceAP90
 from .raw_scores import RAW_ANOMALY_MAP, RAW_PRED_SCORE, PaperEvaluator, RawScorePostProcessor, keep_raw_scores
 
 __all__ = [

@@ -1,0 +1,17 @@
+"""Lightning callbacks of two-stage training, returned by the models' ``configure_callbacks``."""
+
+from .anomaly_stream import AnomalyStream
+from .data_checks import DataChecks, usable_batch_size
+from .non_finite import LAST_GOOD_CHECKPOINT, NonFiniteGuard
+from .progress import TrainingProgress
+from .teacher_weights import TeacherWeights
+
+__all__ = [
+    "LAST_GOOD_CHECKPOINT",
+    "AnomalyStream",
+    "DataChecks",
+    "NonFiniteGuard",
+    "TeacherWeights",
+    "TrainingProgress",
+    "usable_batch_size",
+]

@@ -1,0 +1,115 @@
+"""Training across several processes with Lightning's DDP: two CPU processes (gloo) on the tiny dataset.
+
+``ddp_worker.py`` runs anomalib's Engine with ``strategy="ddp", devices=2`` for DeSTSeg and then PFADSeg (fit, then
+test) in a subprocess, because Lightning's ``ddp`` launcher starts the second process by running the script again.
+Each process writes a JSON report; these tests compare them. One launch serves every test (module fixture).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+MODELS = ("DeSTSeg", "PFADSeg")
+SEED = 0
+STEPS, BATCH, SIZE = 2, 4, 64  # as in ddp_worker.py
+LAUNCH_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "GLOBAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+needs_ddp = pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+    reason="torch.distributed with the gloo backend is not available",
+)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_dataset: Path, teacher_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Launch the worker once; return its reports per model and rank, its output and its folder."""
+    out = tmp_path_factory.mktemp("ddp")
+    env = {key: value for key, value in os.environ.items() if key not in LAUNCH_VARIABLES}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    command = [sys.executable, str(WORKER), "--data", str(tiny_dataset), "--weights", str(teacher_weights)]
+    command += ["--out", str(out), "--seed", str(SEED), "--models", *MODELS]
+    result = subprocess.run(command, cwd=out, env=env, capture_output=True, text=True, timeout=900, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"DDP run failed ({result.returncode}):\n{output[-6000:]}"
+    reports = {name: [json.loads((out / f"{name}_rank{rank}.json").read_text()) for rank in (0, 1)] for name in MODELS}
+    return {"reports": reports, "stdout": result.stdout, "out": out}
+
+
+@pytest.mark.slow
+@needs_ddp
+@pytest.mark.parametrize("name", MODELS)
+def test_both_processes_take_the_same_optimiser_steps(ddp_run: dict, name: str) -> None:
+    for report in ddp_run["reports"][name]:
+        assert report["world_size"] == 2
+        # The schedule counts optimiser steps: 2 + 2, not multiplied by the number of processes.
+        assert report["global_step"] == 2 * STEPS
+
+
+@pytest.mark.slow
+@needs_ddp
+@pytest.mark.parametrize("name", MODELS)
+def test_processes_hold_identical_weights_after_each_stage(ddp_run: dict, name: str) -> None:
+    rank0, rank1 = (report["weights"] for report in ddp_run["reports"][name])
+    for moment in ("start", "stage1", "end"):
+        for part in ("student", "segmentation", "buffers"):
+            assert rank0[moment][part] == rank1[moment][part], f"{part} differs between processes at {moment}"
+    # Each stage trained its own part and left the other alone, so the equality above is not trivial: the processes
+    # saw different images and anomalies, and only synchronised gradients keep their weights equal.
+    assert rank0["stage1"]["student"] != rank0["start"]["student"]
+    assert rank0["stage1"]["segmentation"] == rank0["start"]["segmentation"]
+    assert rank0["end"]["segmentation"] != rank0["stage1"]["segmentation"]
+    assert rank0["end"]["student"] == rank0["stage1"]["student"]
+
+
+@pytest.mark.slow
+@needs_ddp
+@pytest.mark.parametrize("name", MODELS)
+def test_anomalies_differ_per_process_and_follow_the_seed(ddp_run: dict, name: str) -> None:
+    from ddp_worker import digest
+
+    from anomalib_destseg.data import SyntheticAnomalyGenerator
+    from anomalib_destseg.training.random_stream import RandomStream
+
+    reports = ddp_run["reports"][name]
+    masks = [report["masks"] for report in reports]
+    assert len(masks[0]) == len(masks[1]) == 2 * STEPS
+    assert all(first != second for first, second in zip(*masks, strict=True))
+    for rank, report in enumerate(reports):
+        assert report["initial_seed"] == SEED + rank
+        # Process r draws what one process seeded with seed + r draws (the tiny dataset needs no rotation).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED + rank)
+            stream = RandomStream.from_torch_seed()
+        with stream.active():
+            _, expected = SyntheticAnomalyGenerator()(torch.zeros(BATCH, 3, SIZE, SIZE))
+        assert report["masks"][0] == digest([expected])
+
+
+@pytest.mark.slow
+@needs_ddp
+@pytest.mark.parametrize("name", MODELS)
+def test_checkpoint_images_and_metrics_are_produced_once(ddp_run: dict, tiny_dataset: Path, name: str) -> None:
+    reports = ddp_run["reports"][name]
+    results = ddp_run["out"] / "results" / name
+    checkpoints = list(results.rglob("*.ckpt"))
+    assert len(checkpoints) == 1, checkpoints  # rank 0 saves
+    version = checkpoints[0].parents[2]  # <version>/weights/lightning/model.ckpt
+    # Each process tested its own share of the test set, together all of it, once.
+    seen = [set(report["test_images"]) for report in reports]
+    assert not seen[0] & seen[1]
+    test_images = {str(path) for path in (tiny_dataset / "synthetic" / "test").rglob("*.png")}
+    assert seen[0] | seen[1] == test_images
+    # Result images of both processes sit next to the checkpoint, one per test image.
+    images = sorted(path.relative_to(results) for path in results.rglob("*.png"))
+    assert len(images) == len(test_images)
+    assert all((results / path).is_relative_to(version) for path in images)
+    # The metrics are computed over the whole test set: the same values in both processes, printed once.
+    assert reports[0]["metrics"] == reports[1]["metrics"]
+    assert 0.0 <= reports[0]["metrics"][0]["image_AUROC"] <= 1.0
+    assert ddp_run["stdout"].count("Test metric") == len(MODELS)
