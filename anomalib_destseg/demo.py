@@ -97,9 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_batch_size=16,
         num_workers=0,
     )
-    engine = Engine(
-        default_root_dir=args.output, accelerator="cpu", devices=1, logger=False, precision=args.precision
-    )
+    engine = Engine(default_root_dir=args.output, accelerator="cpu", devices=1, logger=False, precision=args.precision)
     engine.fit(model, datamodule=datamodule)
     metrics = engine.test(model, datamodule=datamodule)[0]
     with torch.no_grad():

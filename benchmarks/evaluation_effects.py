@@ -74,9 +74,7 @@ def main(argv: list[str] | None = None) -> str:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from anomalib.data import MVTecAD
 
-    datamodule = MVTecAD(
-        root=args.data_root, category=args.category, eval_batch_size=args.batch_size, num_workers=0
-    )
+    datamodule = MVTecAD(root=args.data_root, category=args.category, eval_batch_size=args.batch_size, num_workers=0)
     header = "| model | evaluation | " + " | ".join(METRICS) + " |"
     lines = [header, "|---|---|" + "---:|" * len(METRICS)]
     for item in args.checkpoint:

@@ -183,6 +183,7 @@ def _method_notes(args: argparse.Namespace, same_weights: bool | None) -> list[s
         "of the model's forward (resize, network, post-processing) at the evaluation batch size, after a warm-up "
         "batch, without image decoding or metrics. peak_rss_gb: peak resident memory of the run's process.",
         "pixel AP = paper_evaluator's pixel_AUPR; AUPRO at FPR limit 0.3; IAP and IAP@90 are instance AP.",
+        f"Lightning precision {args.precision} for training and testing (the timed inference pass runs in float32).",
     ]
     if same_weights:
         notes.append(
@@ -291,6 +292,7 @@ def _run_all(
                 "seed": protocol.seed,
                 "num_workers": protocol.num_workers,
                 "accelerator": args.accelerator,
+                "precision": args.precision,
                 "teacher_weights": str(args.teacher_weights),
                 "texture_dir": str(args.texture_dir.expanduser().resolve()) if args.texture_dir else None,
                 "normalize_scores": args.normalize_scores,

@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"], help="Lightning accelerator")
     run.add_argument(
+        "--precision",
+        default="32",
+        choices=["32", "bf16-mixed", "16-mixed"],
+        help="Lightning precision of training and testing (default 32; 16-mixed needs a GPU)",
+    )
+    run.add_argument(
         "--normalize-scores",
         action="store_true",
         help="compute the metrics on anomalib's normalised (clamped) scores instead of raw ones",

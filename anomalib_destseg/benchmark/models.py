@@ -153,7 +153,13 @@ def build_datamodule(
     )
 
 
-def build_engine(root: Path, accelerator: str = "cpu", keep_checkpoints: bool = False, epochs: int | None = None):
+def build_engine(
+    root: Path,
+    accelerator: str = "cpu",
+    keep_checkpoints: bool = False,
+    epochs: int | None = None,
+    precision: str = "32",
+):
     """Anomalib ``Engine`` on one device, results under ``root``, no logger, progress bar or (unless asked) checkpoint.
 
     Args:
@@ -163,6 +169,7 @@ def build_engine(root: Path, accelerator: str = "cpu", keep_checkpoints: bool = 
             tests the model after its last step, never a picked checkpoint).
         epochs: Training epochs for epoch-based models (Stfpm); validation (thresholds only) runs once, after the
             last one, without early stopping.
+        precision: Lightning precision (``"32"``, ``"bf16-mixed"``, ``"16-mixed"``).
 
     """
     from anomalib.callbacks import ModelCheckpoint
@@ -175,6 +182,7 @@ def build_engine(root: Path, accelerator: str = "cpu", keep_checkpoints: bool = 
         "enable_progress_bar": False,
         "enable_model_summary": False,
         "default_root_dir": root,
+        "precision": precision,
     }
     if not keep_checkpoints:
         kwargs["callbacks"] = [ModelCheckpoint(save_top_k=0)]

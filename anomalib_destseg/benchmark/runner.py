@@ -194,6 +194,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             spec["accelerator"],
             keep_checkpoints=keep,
             epochs=settings.get("epochs") if spec["model"] == "Stfpm" else None,
+            precision=spec.get("precision", "32"),
         )
 
         start = time.perf_counter()

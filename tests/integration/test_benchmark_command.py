@@ -19,6 +19,7 @@ from PIL import Image
 
 from anomalib_destseg.benchmark.__main__ import main
 from anomalib_destseg.benchmark.arguments import build_parser, mvtec_jobs
+from anomalib_destseg.benchmark.report import CSV_COLUMNS
 
 REQUIRED_COLUMNS = [
     "model",

@@ -24,7 +24,10 @@ def test_cpu_speed_script_writes_its_table(teacher_weights: Path, tmp_path: Path
     report = tmp_path / "cpu_speed.md"
     small = ["--models", "destseg", "--variants", "torch_fp32", "--image-size", "64", "--batch-size", "2"]
     small += ["--iterations", "1", "--warmup", "0", "--conv-iterations", "1", "--profile", "never"]
-    _run([str(SCRIPTS / "cpu_speed.py"), *small, "--teacher-weights", str(teacher_weights), "--output", str(report)], tmp_path)
+    _run(
+        [str(SCRIPTS / "cpu_speed.py"), *small, "--teacher-weights", str(teacher_weights), "--output", str(report)],
+        tmp_path,
+    )
     assert "| destseg | torch_fp32 | f32 |" in report.read_text()
 
 
@@ -32,7 +35,10 @@ def test_cpu_speed_script_writes_its_table(teacher_weights: Path, tmp_path: Path
 def test_memory_script_writes_its_report(teacher_weights: Path, tmp_path: Path) -> None:
     report = tmp_path / "memory.json"
     small = ["--image-size", "64", "--batch-sizes", "2", "--steps", "1", "--growth-steps", "0"]
-    _run([str(SCRIPTS / "memory.py"), *small, "--teacher-weights", str(teacher_weights), "--output", str(report)], tmp_path)
+    _run(
+        [str(SCRIPTS / "memory.py"), *small, "--teacher-weights", str(teacher_weights), "--output", str(report)],
+        tmp_path,
+    )
     cases = json.loads(report.read_text())
     assert "train" in json.dumps(cases) and "infer" in json.dumps(cases)
 

@@ -45,7 +45,9 @@ def _defaults(model_class: type) -> dict:
 # --- help, printed configs, config files -----------------------------------------------------------------------------
 @pytest.mark.parametrize("model_class", [DeSTSeg, PFADSeg], ids=lambda cls: cls.__name__)
 def test_help_lists_every_argument_with_its_documentation(model_class: type) -> None:
-    text = _printed(["train", "--model", f"anomalib_destseg.{model_class.__name__}", "--model.help", model_class.__name__])
+    text = _printed(
+        ["train", "--model", f"anomalib_destseg.{model_class.__name__}", "--model.help", model_class.__name__]
+    )
     for name in _defaults(model_class):
         assert f"--model.init_args.{name}" in text or f"--model.{name}" in text, name
     assert "Optimiser steps of stage 1 (student)" in text
@@ -64,14 +66,22 @@ def test_config_files_list_only_what_differs_from_the_reference_recipe(name: str
     from anomalib.data import MVTecAD
 
     config = yaml.safe_load((CONFIGS / name).read_text())
-    model_class = {"anomalib_destseg.DeSTSeg": DeSTSeg, "anomalib_destseg.PFADSeg": PFADSeg}[config["model"]["class_path"]]
+    model_class = {"anomalib_destseg.DeSTSeg": DeSTSeg, "anomalib_destseg.PFADSeg": PFADSeg}[
+        config["model"]["class_path"]
+    ]
     defaults = _defaults(model_class)
     assert all(value != defaults[key] for key, value in config["model"]["init_args"].items())
     cli = AnomalibCLI(["train", "--config", str(CONFIGS / name)], run=False)
     model, datamodule = cli.model, cli.datamodule
     assert isinstance(model, model_class) and isinstance(datamodule, MVTecAD)
     hp = model.hparams
-    assert (hp.student_steps, hp.segmentation_steps, hp.student_lr, hp.residual_lr, hp.head_lr) == (1000, 4000, 0.4, 0.1, 0.01)
+    assert (hp.student_steps, hp.segmentation_steps, hp.student_lr, hp.residual_lr, hp.head_lr) == (
+        1000,
+        4000,
+        0.4,
+        0.1,
+        0.01,
+    )
     assert model.trainer_arguments["max_steps"] == 5000
     assert (datamodule.category, datamodule.train_batch_size) == ("bottle", 32)
 
@@ -89,7 +99,9 @@ def fitted(request, tiny_dataset: Path, teacher_weights: Path, tmp_path_factory:
     return checkpoint
 
 
-def test_cli_validate_test_predict_and_export_a_fitted_checkpoint(fitted: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+def test_cli_validate_test_predict_and_export_a_fitted_checkpoint(
+    fitted: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
     name = "PFADSeg" if "PFADSeg" in fitted.parts else "DeSTSeg"
     model = ["--model", f"anomalib_destseg.{name}", "--model.visualizer", "false", "--ckpt_path", str(fitted)]
     common = [*model, "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]

@@ -24,8 +24,8 @@ from anomalib.engine import Engine
 from helpers import TINY_SIZE
 
 from anomalib_destseg import DeSTSeg, PFADSeg
-from anomalib_destseg.export import UntrainedExportWarning
 from anomalib_destseg.components.resnet_blocks import init_resnet_weights
+from anomalib_destseg.export import UntrainedExportWarning
 from anomalib_destseg.inference import VARIANTS, CPUInferenceModel, OpenVINOModel, build_variant
 
 MODEL_CLASSES = [DeSTSeg, PFADSeg]

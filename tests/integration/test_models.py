@@ -52,7 +52,9 @@ class StepRecorder(Callback):
             return
         after = pl_module.model.state_dict()
         changed = {k for k, v in after.items() if not torch.equal(v, self._before[k])}
-        self.steps.append({"step": self._step, "stage": self._stage, "loss": float(outputs["loss"]), "changed": changed})
+        self.steps.append(
+            {"step": self._step, "stage": self._stage, "loss": float(outputs["loss"]), "changed": changed}
+        )
 
 
 class ProgressLines(logging.Handler):
@@ -68,16 +70,22 @@ class ProgressLines(logging.Handler):
 
 
 def _datamodule(root: Path, **kwargs) -> MVTecAD:
-    return MVTecAD(root=root, category="synthetic", **{"train_batch_size": 4, "eval_batch_size": 4, "num_workers": 0, **kwargs})
+    return MVTecAD(
+        root=root, category="synthetic", **{"train_batch_size": 4, "eval_batch_size": 4, "num_workers": 0, **kwargs}
+    )
 
 
 def _model(model_class: type, teacher_weights: Path, **kwargs):
     args = {"student_steps": 2, "segmentation_steps": 2, "teacher_weights": str(teacher_weights)}
-    return model_class(**{**args, "pre_processor": model_class.configure_pre_processor((TINY_SIZE, TINY_SIZE)), **kwargs})
+    return model_class(
+        **{**args, "pre_processor": model_class.configure_pre_processor((TINY_SIZE, TINY_SIZE)), **kwargs}
+    )
 
 
 def _engine(root: Path, **kwargs) -> Engine:
-    return Engine(default_root_dir=root, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, **kwargs)
+    return Engine(
+        default_root_dir=root, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, **kwargs
+    )
 
 
 def _prefixes(model, modules: list[torch.nn.Module]) -> tuple[str, ...]:
@@ -138,7 +146,15 @@ def folder_run(tiny_dataset: Path, teacher_weights: Path, tmp_path_factory: pyte
     model = _model(DeSTSeg, teacher_weights)
     engine = _engine(root)
     engine.fit(model, datamodule=datamodule)
-    return Run(model, engine, datamodule, root, None, engine.test(model, datamodule=datamodule), engine.predict(model, datamodule=datamodule))
+    return Run(
+        model,
+        engine,
+        datamodule,
+        root,
+        None,
+        engine.test(model, datamodule=datamodule),
+        engine.predict(model, datamodule=datamodule),
+    )
 
 
 # --- the schedule and what each stage trains --------------------------------------------------------------------
@@ -151,7 +167,9 @@ def test_global_step_is_student_plus_segmentation_steps(run: Run) -> None:
 
 def test_progress_lines_time_each_stage_separately(run: Run) -> None:
     # 17 steps: fewer than 20, so every step logs a line
-    pattern = re.compile(r"step (\d+)/17 \((\w+) stage\): loss [\d.]+, ([\d.]+) s/step, about (\d+) s left in this stage")
+    pattern = re.compile(
+        r"step (\d+)/17 \((\w+) stage\): loss [\d.]+, ([\d.]+) s/step, about (\d+) s left in this stage"
+    )
     parsed = [pattern.fullmatch(line) for line in run.progress]
     assert all(parsed), run.progress
     steps = [(int(m[1]), m[2], float(m[3]), int(m[4])) for m in parsed]
@@ -305,21 +323,27 @@ def test_a_training_set_smaller_than_the_batch_trains_with_a_warning(
     model = _model(model_class, teacher_weights, student_steps=2, segmentation_steps=1, visualizer=False)
     recorder = StepRecorder()
     with caplog.at_level(logging.WARNING):
-        quiet_cpu_engine(tmp_path / "results", callbacks=(recorder,)).fit(model, datamodule=_datamodule(root, train_batch_size=32))
+        quiet_cpu_engine(tmp_path / "results", callbacks=(recorder,)).fit(
+            model, datamodule=_datamodule(root, train_batch_size=32)
+        )
     assert model.global_step == 3 and len(recorder.steps) == 3
     assert "has 5 images, fewer than train_batch_size=32: every step trains on a batch of all 5" in caplog.text
 
 
 def test_batches_of_one_image_are_refused(tiny_dataset: Path, teacher_weights: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="train_batch_size is 1"):
-        _engine(tmp_path).fit(_model(DeSTSeg, teacher_weights), datamodule=_datamodule(tiny_dataset, train_batch_size=1))
+        _engine(tmp_path).fit(
+            _model(DeSTSeg, teacher_weights), datamodule=_datamodule(tiny_dataset, train_batch_size=1)
+        )
     root = tmp_path / "one_image"
     make_synthetic_dataset(root, image_size=TINY_SIZE, num_train=1, num_test_good=1, num_test_defect=1)
     with pytest.raises(ValueError, match="has 1 images: batches of at least 2 are needed"):
         _engine(tmp_path).fit(_model(DeSTSeg, teacher_weights), datamodule=_datamodule(root))
 
 
-def test_missing_texture_dir_is_reported_at_fit_start(tiny_dataset: Path, teacher_weights: Path, tmp_path: Path) -> None:
+def test_missing_texture_dir_is_reported_at_fit_start(
+    tiny_dataset: Path, teacher_weights: Path, tmp_path: Path
+) -> None:
     model = _model(DeSTSeg, teacher_weights, texture_dir=str(tmp_path / "no_dtd_here"))  # accepted at construction
     with pytest.raises(FileNotFoundError, match="no_dtd_here"):
         _engine(tmp_path).fit(model, datamodule=_datamodule(tiny_dataset))
@@ -327,7 +351,9 @@ def test_missing_texture_dir_is_reported_at_fit_start(tiny_dataset: Path, teache
 
 
 def test_normalize_in_the_pre_processor_is_refused(tiny_dataset: Path, teacher_weights: Path, tmp_path: Path) -> None:
-    transform = Compose([Resize((TINY_SIZE, TINY_SIZE)), Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+    transform = Compose(
+        [Resize((TINY_SIZE, TINY_SIZE)), Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])]
+    )
     model = _model(DeSTSeg, teacher_weights, pre_processor=PreProcessor(transform=transform))
     with pytest.raises(ValueError, match="Normalize"):
         _engine(tmp_path).fit(model, datamodule=_datamodule(tiny_dataset))

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import REPO
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-from helpers import REPO
 NOTEBOOK = REPO / "notebooks" / "destseg_quickstart.ipynb"
 KERNEL_NAME = "destseg-notebook-test"
 CELL_TIMEOUT_S = 1800  # per cell; quick mode needs ~2-3 min for the whole notebook on 2 idle cores

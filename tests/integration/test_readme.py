@@ -83,11 +83,15 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, teacher_weights: Path) -
     """A folder shaped like the README's working directory, and the substitutions for paths under ../shared."""
     root = tmp_path_factory.mktemp("readme")
     mvtec = root / "datasets" / "MVTecAD"
-    make_synthetic_dataset(mvtec, category="bottle", image_size=TINY_SIZE, num_train=8, num_test_good=2, num_test_defect=2)
+    make_synthetic_dataset(
+        mvtec, category="bottle", image_size=TINY_SIZE, num_train=8, num_test_good=2, num_test_defect=2
+    )
     rng = np.random.default_rng(0)
     (root / "datasets" / "dtd" / "images").mkdir(parents=True)
     for index in range(4):
-        Image.fromarray(rng.uniform(0, 255, (48, 48, 3)).astype(np.uint8)).save(root / "datasets/dtd/images" / f"{index}.png")
+        Image.fromarray(rng.uniform(0, 255, (48, 48, 3)).astype(np.uint8)).save(
+            root / "datasets/dtd/images" / f"{index}.png"
+        )
     for name, part in (("good", "train/good"), ("defect", "test/defect"), ("masks", "ground_truth/defect")):
         (root / "datasets" / "parts" / name).mkdir(parents=True)
         for path in sorted((mvtec / "bottle" / part).glob("*.png")):

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from torch.nn import functional as F  # noqa: N812
 
+from anomalib_destseg.components.loss import FocalLoss, SegmentationLoss, StudentCosineLoss, mask_at_resolution
 from anomalib_destseg.data.anomaly_generator import SyntheticAnomalyGenerator
 from anomalib_destseg.training.random_stream import RandomStream
-from anomalib_destseg.components.loss import FocalLoss, SegmentationLoss, StudentCosineLoss, mask_at_resolution
 
 TOLERANCE = 1e-6
 PROPERTIES = settings(

@@ -1,6 +1,7 @@
 """Lightning callbacks of two-stage training, returned by the models' ``configure_callbacks``."""
 
 from .anomaly_stream import AnomalyStream
+from .channels_last import ChannelsLast
 from .data_checks import DataChecks, usable_batch_size
 from .non_finite import LAST_GOOD_CHECKPOINT, NonFiniteGuard
 from .progress import TrainingProgress
@@ -9,6 +10,7 @@ from .teacher_weights import TeacherWeights
 __all__ = [
     "LAST_GOOD_CHECKPOINT",
     "AnomalyStream",
+    "ChannelsLast",
     "DataChecks",
     "NonFiniteGuard",
     "TeacherWeights",

@@ -3,23 +3,18 @@
 PFADSeg as an anomalib model (Engine, CLI, checkpoints) is tested with DeSTSeg in ``integration/test_models.py``.
 """
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import TINY_SIZE
-from lightning.pytorch import Callback
 from torch import nn
 
 from anomalib_destseg import DeSTSegModel, PFADSeg, PFADSegModel
-from anomalib_destseg.data import SyntheticAnomalyGenerator
-from anomalib_destseg.components import Stage
+from anomalib_destseg.components import Stage, StudentCosineLoss
 from anomalib_destseg.components.feature_ops import level_products
-from anomalib_destseg.components import StudentCosineLoss
+from anomalib_destseg.data import SyntheticAnomalyGenerator
 
 SWITCHES = [
     ("teacher", "adaptive"),

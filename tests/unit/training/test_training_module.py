@@ -144,7 +144,7 @@ def test_teacher_weights_load_at_setup_and_a_random_teacher_is_refused(teacher_w
     assert torch.equal(model.model.teacher.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
     missing = DeSTSeg(teacher_weights="/nowhere/resnet18.pth")
     guard.setup(None, missing, "fit")  # kept: a checkpoint may still provide the weights
-    with pytest.raises(FileNotFoundError, match="/nowhere/resnet18.pth"):
+    with pytest.raises(FileNotFoundError, match=r"/nowhere/resnet18\.pth"):
         guard.on_train_start(None, missing)
 
 
@@ -169,5 +169,7 @@ def test_the_arguments_page_is_generated_from_the_code() -> None:
     from helpers import REPO
 
     page = runpy.run_path(str(REPO / "docs" / "make_arguments.py"))["main"]()
-    assert (REPO / "docs" / "arguments.md").read_text() == page, "run: python docs/make_arguments.py > docs/arguments.md"
+    assert (REPO / "docs" / "arguments.md").read_text() == page, (
+        "run: python docs/make_arguments.py > docs/arguments.md"
+    )
     assert all(f"| `{name}` |" in page for name in RECIPE)
