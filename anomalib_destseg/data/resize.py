@@ -3,14 +3,18 @@
 The reference resizes training images, test images and DTD textures with PIL's bilinear filter, which widens its
 triangle kernel by the shrink factor (antialiasing: MVTec AD images are 700-1024 px, the model sees 256 px). It
 resizes test masks bilinearly with antialiasing too, then thresholds them at 0.5. anomalib's defaults differ: its
-exports drop antialiasing (OpenVINO ignores ONNX's ``antialias`` flag) and it resizes masks nearest-neighbour.
+exports drop antialiasing (and OpenVINO ignores ONNX's ``antialias`` flag), and it resizes masks nearest-neighbour.
 
-- :class:`AntialiasedResize` computes the same resize as ``torchvision``'s ``Resize(antialias=True)`` (and PIL's
-  bilinear filter, up to PIL's rounding to 8 bits) with two matrix products whose weights are built from the input's
-  shape, so an exported model (ONNX, OpenVINO) resizes any input size exactly as the Lightning model does.
-- :func:`resize_masks` resizes ground-truth masks as the reference's evaluation does.
-- :class:`AntialiasedPreProcessor` is the models' default pre-processor: it resizes images with antialiasing in
-  training, validation, testing and export, and masks as the reference does.
+anomalib resizes in two places: its datamodules append the model pre-processor's ``Resize`` to each dataset's
+augmentations (every image and mask is resized on its own, before batching), and the pre-processor applies its
+transform to every batch (then a no-op) and inside exported models.
+
+- :class:`ReferenceResize` is torchvision's ``Resize(antialias=True)`` for images and :func:`resize_masks` for
+  ground-truth masks, wherever anomalib applies it.
+- :class:`AntialiasedResize` computes the same image resize with two matrix products whose weights are built from
+  the input's shape, so an exported model (ONNX, OpenVINO) resizes any input size exactly as the Lightning model.
+- :class:`AntialiasedPreProcessor`, the models' default pre-processor, puts both in place and keeps checkpoints
+  readable by anomalib alone (they store a plain ``torchvision`` ``Resize``).
 
 Example:
     >>> import torch
@@ -23,16 +27,15 @@ Example:
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
-from anomalib.data import Batch
 from anomalib.pre_processing import PreProcessor
 from anomalib.pre_processing.utils.transform import get_exportable_transform
-from lightning import LightningModule, Trainer
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 from torchvision import tv_tensors
-from torchvision.transforms.v2 import Compose, Resize, Transform
+from torchvision.transforms.v2 import Compose, InterpolationMode, Resize, Transform
 
 from anomalib_destseg.components.student_teacher import SIZE_MULTIPLE
 
@@ -117,6 +120,50 @@ def resize_masks(masks: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return tv_tensors.wrap(resized, like=masks) if isinstance(masks, tv_tensors.TVTensor) else resized
 
 
+class ReferenceResize(Resize):
+    """torchvision's antialiased bilinear ``Resize`` for images; masks resized as the reference (:func:`resize_masks`).
+
+    Args:
+        size: Output ``(height, width)``.
+
+    Example:
+        >>> from torchvision import tv_tensors
+        >>> mask = tv_tensors.Mask(torch.zeros(8, 8, dtype=torch.bool))
+        >>> image, resized = ReferenceResize((4, 4))(torch.rand(3, 8, 8), mask)
+        >>> image.shape, type(resized).__name__
+        (torch.Size([3, 4, 4]), 'Mask')
+
+    """
+
+    def __init__(self, size: Sequence[int]) -> None:
+        super().__init__(size=list(size), antialias=True)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        """Masks with :func:`resize_masks`, everything else as ``Resize``."""
+        if isinstance(inpt, tv_tensors.Mask):
+            return resize_masks(inpt, self.size)
+        return super().transform(inpt, params)
+
+
+def _replace_resizes(transform: Transform | None, convert: Any) -> Transform | None:
+    """``transform`` with every ``Resize`` step passed through ``convert`` (a copy where something changed)."""
+    if isinstance(transform, Compose):
+        return Compose([_replace_resizes(step, convert) for step in transform.transforms])
+    return convert(transform) if isinstance(transform, Resize) else transform
+
+
+def _to_reference(resize: Resize) -> Resize:
+    """Antialiased two-sided bilinear ``Resize`` steps become :class:`ReferenceResize`; others stay as they are."""
+    two_sided = resize.size is not None and len(resize.size) == 2
+    suitable = resize.antialias and resize.interpolation == InterpolationMode.BILINEAR and two_sided
+    return ReferenceResize(resize.size) if suitable and not isinstance(resize, ReferenceResize) else resize
+
+
+def _to_plain(resize: Resize) -> Resize:
+    """:class:`ReferenceResize` back to torchvision's ``Resize`` (what anomalib can store in a checkpoint)."""
+    return Resize(size=resize.size, antialias=True) if isinstance(resize, ReferenceResize) else resize
+
+
 def exportable_transform(transform: Transform | None) -> nn.Module | None:
     """Anomalib's exportable version of ``transform``, with every antialiased ``Resize`` as :class:`AntialiasedResize`.
 
@@ -132,7 +179,7 @@ def exportable_transform(transform: Transform | None) -> nn.Module | None:
         return AntialiasedResize(transform.size)
     if isinstance(transform, Compose):
         return nn.Sequential(*(exportable_transform(step) for step in transform.transforms))
-    return get_exportable_transform(transform)
+    return get_exportable_transform(_to_plain(transform) if isinstance(transform, Resize) else transform)
 
 
 def _refuse_crops(transform: Transform | None) -> None:
@@ -148,61 +195,47 @@ def _refuse_crops(transform: Transform | None) -> None:
 
 
 class AntialiasedPreProcessor(PreProcessor):
-    """anomalib's ``PreProcessor`` with the reference's resizing in every path.
+    """anomalib's ``PreProcessor`` with the reference's resizing wherever anomalib resizes.
 
-    - Images: the transform (e.g. ``Resize(size, antialias=True)``) in training, validation, testing and
-      prediction; in the exported model the same resize as :class:`AntialiasedResize`, so exports given full-size
+    - Antialiased bilinear ``Resize`` steps of the transform become :class:`ReferenceResize`: anomalib's datamodules
+      take that step into each dataset's augmentations, so images are resized with antialiasing and ground-truth
+      masks as the reference's evaluation (bilinear with antialiasing, threshold 0.5) instead of nearest-neighbour.
+    - In exported models the same image resize runs as :class:`AntialiasedResize`, so exports given full-size
       images match the Lightning model.
-    - Ground-truth masks: resized to the transformed images' size by :func:`resize_masks` (bilinear with
-      antialiasing, threshold 0.5, as the reference's evaluation) instead of the transform's nearest-neighbour.
+    - Checkpoints store a plain torchvision ``Resize`` (anomalib can restore only its known transforms); loading
+      one turns it back into :class:`ReferenceResize`. A transform without antialiasing (release 0.1.0's
+      checkpoints) is kept as it is, in training and in export.
 
     Args:
-        transform: The image transform; it must not crop (masks are resized to the output size, not cropped).
+        transform: The image transform; it must not crop (masks are resized to the output, not cropped).
 
     Example:
         >>> from torchvision.transforms.v2 import Resize
         >>> pre_processor = AntialiasedPreProcessor(Resize((64, 64), antialias=True))
-        >>> pre_processor(torch.rand(1, 3, 100, 100)).shape
-        torch.Size([1, 3, 64, 64])
+        >>> type(pre_processor.transform).__name__, pre_processor(torch.rand(1, 3, 100, 100)).shape
+        ('ReferenceResize', torch.Size([1, 3, 64, 64]))
 
     """
 
     def __init__(self, transform: Transform | None = None) -> None:
         _refuse_crops(transform)
-        super().__init__(transform=transform)
+        super().__init__(transform=_replace_resizes(transform, _to_reference))
         self.export_transform = exportable_transform(self.transform)
 
-    def load_checkpoint_config(self, config: dict) -> None:
-        """Restore the transform from a checkpoint and rebuild the exportable resize from it."""
+    def checkpoint_config(self) -> dict[str, Any]:
+        """Anomalib's configuration entry, with plain ``Resize`` steps."""
+        transform = self.transform
+        self.transform = _replace_resizes(transform, _to_plain)
+        try:
+            return super().checkpoint_config()
+        finally:
+            self.transform = transform
+
+    def load_checkpoint_config(self, config: dict[str, Any]) -> None:
+        """Restore the transform from a checkpoint, with the reference's resizing where it resizes with antialiasing."""
         super().load_checkpoint_config(config)
+        self.transform = _replace_resizes(self.transform, _to_reference)
         self.export_transform = exportable_transform(self.transform)
-
-    def _transform_batch(self, batch: Batch) -> None:
-        if not self.transform:
-            return
-        batch.image = self.transform(batch.image)
-        if batch.gt_mask is not None:
-            batch.gt_mask = resize_masks(batch.gt_mask, batch.image.shape[-2:])
-
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Batch, *args) -> None:
-        """Resize the training images (and masks)."""
-        del trainer, pl_module, args
-        self._transform_batch(batch)
-
-    def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Batch, *args) -> None:
-        """Resize the validation images and masks."""
-        del trainer, pl_module, args
-        self._transform_batch(batch)
-
-    def on_test_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Batch, *args) -> None:
-        """Resize the test images and masks."""
-        del trainer, pl_module, args
-        self._transform_batch(batch)
-
-    def on_predict_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Batch, *args) -> None:
-        """Resize the images to predict (and their masks, if any)."""
-        del trainer, pl_module, args
-        self._transform_batch(batch)
 
 
 def default_pre_processor(image_size: Sequence[int] | None = None) -> AntialiasedPreProcessor:
@@ -219,4 +252,4 @@ def default_pre_processor(image_size: Sequence[int] | None = None) -> Antialiase
     if len(image_size) != 2 or any(side <= 0 or side % SIZE_MULTIPLE for side in image_size):
         msg = f"image_size must be two positive multiples of {SIZE_MULTIPLE}, got {image_size}."
         raise ValueError(msg)
-    return AntialiasedPreProcessor(transform=Compose([Resize(image_size, antialias=True)]))
+    return AntialiasedPreProcessor(transform=Compose([ReferenceResize(image_size)]))

@@ -15,6 +15,7 @@ from anomalib_destseg import DeSTSeg
 from anomalib_destseg.data.resize import (
     AntialiasedPreProcessor,
     AntialiasedResize,
+    ReferenceResize,
     antialiased_weights,
     resize_masks,
 )
@@ -101,12 +102,38 @@ def test_pre_processor_keeps_normalize_and_refuses_crops() -> None:
         AntialiasedPreProcessor(Compose([Resize((40, 40)), CenterCrop(32)]))
 
 
-def test_pre_processor_survives_a_checkpoint_config_round_trip() -> None:
+def test_pre_processor_checkpoints_store_a_plain_resize_and_restore_the_reference_one() -> None:
     pre_processor = DeSTSeg.configure_pre_processor((96, 64))
+    config = pre_processor.checkpoint_config()
+    assert config["transform"]["init_args"]["transforms"][0]["class_path"] == "torchvision.transforms.v2.Resize"
     restored = DeSTSeg.configure_pre_processor()
-    restored.load_checkpoint_config(pre_processor.checkpoint_config())
+    restored.load_checkpoint_config(config)
+    assert isinstance(restored.transform.transforms[0], ReferenceResize)
     assert restored.transform.transforms[0].size == [96, 64]
     assert restored(torch.rand(1, 3, 200, 100)).shape == (1, 3, 96, 64)
+    old = AntialiasedPreProcessor(Compose([Resize((64, 64), antialias=False)]))  # release 0.1.0's transform
+    assert type(old.transform.transforms[0]) is Resize and not old.export_transform[0].antialias
+
+
+def test_datasets_resize_masks_as_the_paper(tmp_path: Path) -> None:
+    """anomalib's datamodules resize every image and mask with the model's Resize, before batching."""
+    from anomalib.data import MVTecAD
+
+    from anomalib_destseg.data import make_synthetic_dataset
+
+    make_synthetic_dataset(tmp_path, image_size=96, num_train=2, num_test_good=1, num_test_defect=3)
+    datamodule = MVTecAD(root=tmp_path, category="synthetic", num_workers=0)
+    datamodule.setup()
+    full_size = [datamodule.test_data[index] for index in range(len(datamodule.test_data))]
+    transform = DeSTSeg.configure_pre_processor((64, 64)).transform
+    MVTecAD._update_subset_augmentations(datamodule.test_data, None, transform)  # what setup does with a model
+    for index, original in enumerate(full_size):
+        item = datamodule.test_data[index]
+        expected = F.interpolate(original.image[None], size=(64, 64), mode="bilinear", antialias=True)[0]
+        assert (item.image - expected).abs().max() < 1e-5
+        assert torch.equal(item.gt_mask, resize_masks(original.gt_mask, (64, 64)))
+    nearest = Resize((64, 64))(tv_tensors.Mask(full_size[-1].gt_mask))
+    assert not torch.equal(nearest, resize_masks(full_size[-1].gt_mask, (64, 64)))  # the choice matters here
 
 
 def test_textures_are_resized_with_pil_bilinear(tmp_path: Path) -> None:

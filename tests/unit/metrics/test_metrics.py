@@ -30,7 +30,7 @@ from anomalib_destseg.metrics import (
     label_instances,
     paper_evaluator,
 )
-from anomalib_destseg.metrics.instance_ap import _InstanceAP
+from anomalib_destseg.metrics.instance_ap_metric import _InstanceAP
 
 
 def _basic_case(missed_scores: tuple[float, float] = (0.3, 0.2)) -> tuple[torch.Tensor, torch.Tensor]:
@@ -401,7 +401,7 @@ def test_paper_evaluator_plugs_in_with_image_batches() -> None:
 
 
 def test_float16_bins_preserve_order() -> None:
-    from anomalib_destseg.metrics.instance_ap import _half_keys
+    from anomalib_destseg.metrics.instance_ap_metric import _half_keys
 
     bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
     halves = bits.view(torch.float16)
@@ -427,7 +427,7 @@ def test_compact_metric_merges_signed_zeros() -> None:
 
 
 def test_float16_histogram_matches_keys() -> None:
-    from anomalib_destseg.metrics.instance_ap import _half_histogram, _half_keys
+    from anomalib_destseg.metrics.instance_ap_metric import _half_histogram, _half_keys
 
     scores = torch.cat([torch.randn(5000) * 10, torch.tensor([0.0, -0.0, math.inf, -math.inf, 65504.0])]).half()
     expected = torch.bincount(_half_keys(scores).long(), minlength=2**16)
