@@ -42,8 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def save_predictions(predictions: list, path: Path, count: int = 6) -> Path:
-    """Draw ``count`` test images (defective first) in three rows: image, true mask, anomaly map."""
+def save_predictions(predictions: list, path: Path, defects: int = 4, good: int = 2) -> Path:
+    """Draw ``defects`` defective and ``good`` normal test images in three rows: image, true mask, anomaly map."""
     import matplotlib as mpl
 
     mpl.use("Agg")
@@ -56,7 +56,7 @@ def save_predictions(predictions: list, path: Path, count: int = 6) -> Path:
             batch.image, batch.gt_mask, batch.anomaly_map, batch.pred_score, batch.gt_label, strict=True
         )
     ]
-    samples = sorted(samples, key=lambda sample: not sample[4])[:count]  # defects first, then good images
+    samples = [s for s in samples if s[4]][:defects] + [s for s in samples if not s[4]][:good]
     figure, axes = plt.subplots(3, len(samples), figsize=(1.8 * len(samples), 5.6), squeeze=False)
     for column, (image, mask, anomaly_map, score, label) in enumerate(samples):
         axes[0, column].imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())

@@ -36,9 +36,13 @@ def _load(name: str, checkpoint: str) -> Any:
     from anomalib.models import Patchcore, Stfpm
 
     from anomalib_destseg import DeSTSeg, PFADSeg
+    from anomalib_destseg.metrics import paper_evaluator
 
     classes = {"DeSTSeg": DeSTSeg, "PFADSeg": PFADSeg, "Patchcore": Patchcore, "Stfpm": Stfpm}
-    return classes[name].load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+    # the benchmark trained every model with the paper evaluator, whose state the checkpoint holds
+    return classes[name].load_from_checkpoint(
+        checkpoint, map_location="cpu", weights_only=False, evaluator=paper_evaluator()
+    )
 
 
 def evaluate(model: Any, datamodule: Any, raw_scores: bool, paper_masks: bool) -> dict[str, float]:
@@ -47,9 +51,12 @@ def evaluate(model: Any, datamodule: Any, raw_scores: bool, paper_masks: bool) -
     from anomalib.pre_processing import PreProcessor
 
     from anomalib_destseg.data import AntialiasedPreProcessor
+    from anomalib_destseg.data.resize import with_plain_resizes
     from anomalib_destseg.metrics import RawScorePostProcessor, paper_evaluator
 
-    transform = model.pre_processor.transform
+    # anomalib's datamodules resize each test image and mask with the pre-processor's Resize: the reference's
+    # (masks bilinear with antialiasing, then >= 0.5) or torchvision's (masks nearest-neighbour)
+    transform = with_plain_resizes(model.pre_processor.transform)
     model.pre_processor = AntialiasedPreProcessor(transform) if paper_masks else PreProcessor(transform=transform)
     post = RawScorePostProcessor()
     post.load_state_dict(model.post_processor.state_dict())  # the thresholds and ranges validation set

@@ -98,7 +98,7 @@ def _train(
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             step = trainer.global_step
-            if every and outputs is not None and step % every == 0:
+            if every and outputs and step % every == 0:
                 self.points.append((step, current_rss_mib()))
                 print(f"  step {step:5d}: RSS {self.points[-1][1]:8.1f} MiB", file=sys.stderr, flush=True)
 

@@ -50,7 +50,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
             self.start = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if outputs is not None:
+            if outputs:
                 stage = Stage.at(trainer.global_step - 1, pl_module.hparams.student_steps)
                 self.times[stage.value].append(time.perf_counter() - self.start)
 

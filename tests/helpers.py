@@ -11,7 +11,7 @@ SHARED_MVTEC = SHARED / "data" / "mvtec_ad"
 TINY_SIZE = 64  # smallest comfortable multiple of 32: every layer still has >= 2x2 pixels
 
 
-def quiet_cpu_engine(root: Path, callbacks: tuple = ()):
+def quiet_cpu_engine(root: Path, callbacks: tuple = (), precision: str = "32"):
     """anomalib Engine on one CPU device writing under ``root``, without logger, progress bar or model summary."""
     from anomalib.engine import Engine
 
@@ -23,4 +23,5 @@ def quiet_cpu_engine(root: Path, callbacks: tuple = ()):
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=list(callbacks),
+        precision=precision,
     )

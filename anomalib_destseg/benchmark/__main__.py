@@ -159,11 +159,15 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         "batch_size": "--batch-size",
         "eval_batch_size": "--eval-batch-size",
         "num_workers": "--num-workers",
+        "precision": "--precision",
+        "channels_last": "--channels-last",
     }
     result = []
     for attribute, option in options.items():
         value = getattr(args, attribute)
-        if value is not None:
+        if isinstance(value, bool):
+            result.append(option if value else option.replace("--", "--no-", 1))
+        elif value is not None:
             result.append(f"{option} {' '.join(map(str, value)) if isinstance(value, list) else value}")
     return result
 
@@ -183,7 +187,8 @@ def _method_notes(args: argparse.Namespace, same_weights: bool | None) -> list[s
         "of the model's forward (resize, network, post-processing) at the evaluation batch size, after a warm-up "
         "batch, without image decoding or metrics. peak_rss_gb: peak resident memory of the run's process.",
         "pixel AP = paper_evaluator's pixel_AUPR; AUPRO at FPR limit 0.3; IAP and IAP@90 are instance AP.",
-        f"Lightning precision {args.precision} for training and testing (the timed inference pass runs in float32).",
+        "Each model's Lightning precision and memory layout are in its settings (default: 32-bit, NCHW); the timed "
+        "inference pass runs in float32.",
     ]
     if same_weights:
         notes.append(
@@ -216,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         steps=tuple(args.steps) if args.steps else None,
         epochs=args.epochs,
         coreset_sampling_ratio=args.coreset_ratio,
+        precision=args.precision,
+        channels_last=args.channels_last,
     )
     if protocol.image_size % SIZE_MULTIPLE:
         parser.error(f"--image-size must be a multiple of {SIZE_MULTIPLE}, got {protocol.image_size}")
@@ -292,7 +299,6 @@ def _run_all(
                 "seed": protocol.seed,
                 "num_workers": protocol.num_workers,
                 "accelerator": args.accelerator,
-                "precision": args.precision,
                 "teacher_weights": str(args.teacher_weights),
                 "texture_dir": str(args.texture_dir.expanduser().resolve()) if args.texture_dir else None,
                 "normalize_scores": args.normalize_scores,

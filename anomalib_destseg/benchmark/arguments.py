@@ -116,9 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"], help="Lightning accelerator")
     run.add_argument(
         "--precision",
-        default="32",
         choices=["32", "bf16-mixed", "16-mixed"],
-        help="Lightning precision of training and testing (default 32; 16-mixed needs a GPU)",
+        help="Lightning precision of training and testing for every model (16-mixed needs a GPU)",
+    )
+    run.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train every model in the channels-last memory layout (or not)",
     )
     run.add_argument(
         "--normalize-scores",

@@ -159,6 +159,7 @@ def build_engine(
     keep_checkpoints: bool = False,
     epochs: int | None = None,
     precision: str = "32",
+    channels_last: bool = False,
 ):
     """Anomalib ``Engine`` on one device, results under ``root``, no logger, progress bar or (unless asked) checkpoint.
 
@@ -170,6 +171,8 @@ def build_engine(
         epochs: Training epochs for epoch-based models (Stfpm); validation (thresholds only) runs once, after the
             last one, without early stopping.
         precision: Lightning precision (``"32"``, ``"bf16-mixed"``, ``"16-mixed"``).
+        channels_last: Train in the channels-last memory layout (:class:`~anomalib_destseg.training.callbacks.
+            ChannelsLast`).
 
     """
     from anomalib.callbacks import ModelCheckpoint
@@ -184,8 +187,13 @@ def build_engine(
         "default_root_dir": root,
         "precision": precision,
     }
-    if not keep_checkpoints:
-        kwargs["callbacks"] = [ModelCheckpoint(save_top_k=0)]
+    callbacks = [] if keep_checkpoints else [ModelCheckpoint(save_top_k=0)]
+    if channels_last:
+        from anomalib_destseg.training.callbacks import ChannelsLast
+
+        callbacks.append(ChannelsLast())
+    if callbacks:
+        kwargs["callbacks"] = callbacks
     if epochs:
         kwargs.update(max_epochs=epochs, check_val_every_n_epoch=epochs)
     return Engine(**kwargs)

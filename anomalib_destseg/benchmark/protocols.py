@@ -63,6 +63,8 @@ class ModelSettings:
         segmentation_steps: Stage-2 steps (DeSTSeg / PFADSeg only).
         epochs: Training epochs (Stfpm only; Patchcore always trains one epoch).
         coreset_sampling_ratio: Patchcore's coreset ratio (Patchcore only).
+        precision: Lightning precision of training and testing (``"32"``, ``"bf16-mixed"``, ``"16-mixed"``).
+        channels_last: Train in the channels-last memory layout (``ChannelsLast`` callback).
         model_kwargs: Further constructor arguments of the model (e.g. ``{"student_lr": 0.1}``).
 
     """
@@ -73,6 +75,8 @@ class ModelSettings:
     segmentation_steps: int | None = None
     epochs: int | None = None
     coreset_sampling_ratio: float | None = None
+    precision: str = "32"
+    channels_last: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -84,6 +88,10 @@ class ModelSettings:
             parts.append(f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}")
         if self.coreset_sampling_ratio is not None:
             parts.append(f"1 epoch, coreset {self.coreset_sampling_ratio:g}")
+        if self.precision != "32":
+            parts.append(self.precision)
+        if self.channels_last:
+            parts.append("channels-last")
         parts.extend(f"{key}={value}" for key, value in self.model_kwargs.items())
         return ", ".join(parts)
 
@@ -177,11 +185,13 @@ def override(
     steps: tuple[int, int] | None = None,
     epochs: int | None = None,
     coreset_sampling_ratio: float | None = None,
+    precision: str | None = None,
+    channels_last: bool | None = None,
 ) -> Protocol:
     """Return a copy of ``protocol`` with the given values replaced (``None`` keeps the protocol's value).
 
     ``steps`` applies to DeSTSeg and PFADSeg, ``epochs`` to Stfpm, ``coreset_sampling_ratio`` to Patchcore; batch
-    sizes apply to every model.
+    sizes, ``precision`` and ``channels_last`` apply to every model.
 
     Example:
         >>> override(get_protocol("cpu"), steps=(1, 1)).models["PFADSeg"].segmentation_steps
@@ -201,6 +211,10 @@ def override(
             changes["epochs"] = epochs
         if coreset_sampling_ratio is not None and name == "Patchcore":
             changes["coreset_sampling_ratio"] = coreset_sampling_ratio
+        if precision is not None:
+            changes["precision"] = precision
+        if channels_last is not None:
+            changes["channels_last"] = channels_last
         models[name] = replace(settings, **changes)
     shared = {"image_size": image_size, "seed": seed, "num_workers": num_workers}
     return replace(protocol, models=models, **{key: value for key, value in shared.items() if value is not None})

@@ -194,7 +194,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             spec["accelerator"],
             keep_checkpoints=keep,
             epochs=settings.get("epochs") if spec["model"] == "Stfpm" else None,
-            precision=spec.get("precision", "32"),
+            precision=settings.get("precision", "32"),
+            channels_last=settings.get("channels_last", False),
         )
 
         start = time.perf_counter()

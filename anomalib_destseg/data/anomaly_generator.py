@@ -171,6 +171,7 @@ class SyntheticAnomalyGenerator:
             raise ValueError(msg)
         self.texture_dir = texture_dir
         self._texture_files: list[Path] | None = None
+        self._loaded = False
         self.probability = probability
         self.beta_range = (float(beta_range[0]), float(beta_range[1]))
         self.noise_rotation = noise_rotation
@@ -178,12 +179,13 @@ class SyntheticAnomalyGenerator:
         self.max_scale_exponent = max_scale_exponent
 
     def load_textures(self) -> None:
-        """List the readable texture files (or announce the procedural texture); called when training starts.
+        """List the readable texture files, or announce the procedural texture (once); the first use does it too.
 
         Raises:
             FileNotFoundError, ValueError: For a missing or empty texture folder, or one without readable images.
 
         """
+        self._loaded = True
         if self.texture_dir is None:
             logger.warning(
                 "No texture_dir given: synthetic anomalies use procedural Perlin-colour textures instead of DTD "
@@ -195,8 +197,8 @@ class SyntheticAnomalyGenerator:
 
     @property
     def texture_files(self) -> list[Path] | None:
-        """The texture images in use (``None``: procedural textures); listed on first use."""
-        if self._texture_files is None and self.texture_dir is not None:
+        """The texture images in use (``None``: procedural textures)."""
+        if not self._loaded:
             self.load_textures()
         return self._texture_files
 

@@ -155,13 +155,25 @@ def _replace_resizes(transform: Transform | None, convert: Any) -> Transform | N
 def _to_reference(resize: Resize) -> Resize:
     """Antialiased two-sided bilinear ``Resize`` steps become :class:`ReferenceResize`; others stay as they are."""
     two_sided = resize.size is not None and len(resize.size) == 2
-    suitable = resize.antialias and resize.interpolation == InterpolationMode.BILINEAR and two_sided
+    bilinear = InterpolationMode(resize.interpolation) == InterpolationMode.BILINEAR  # an enum, or its string
+    suitable = resize.antialias and bilinear and two_sided
     return ReferenceResize(resize.size) if suitable and not isinstance(resize, ReferenceResize) else resize
 
 
 def _to_plain(resize: Resize) -> Resize:
     """:class:`ReferenceResize` back to torchvision's ``Resize`` (what anomalib can store in a checkpoint)."""
     return Resize(size=resize.size, antialias=True) if isinstance(resize, ReferenceResize) else resize
+
+
+def with_plain_resizes(transform: Transform | None) -> Transform | None:
+    """``transform`` with every :class:`ReferenceResize` as torchvision's ``Resize`` (nearest-neighbour masks).
+
+    Example:
+        >>> type(with_plain_resizes(ReferenceResize((8, 8)))).__name__
+        'Resize'
+
+    """
+    return _replace_resizes(transform, _to_plain)
 
 
 def exportable_transform(transform: Transform | None) -> nn.Module | None:
@@ -225,7 +237,7 @@ class AntialiasedPreProcessor(PreProcessor):
     def checkpoint_config(self) -> dict[str, Any]:
         """Anomalib's configuration entry, with plain ``Resize`` steps."""
         transform = self.transform
-        self.transform = _replace_resizes(transform, _to_plain)
+        self.transform = with_plain_resizes(transform)
         try:
             return super().checkpoint_config()
         finally:

@@ -181,7 +181,7 @@ def test_missing_timm_weights_stop_with_instructions(
     assert raised.value.code == 2
     error = capsys.readouterr().err
     assert "resnet18.tv_in1k" in error
-    assert "offline_cache.py" in error
+    assert "docs/offline.md" in error
     assert "HF_HUB_OFFLINE=1" in error
     assert not (tmp_path / "out" / "results.csv").exists()
 

@@ -108,11 +108,11 @@ def test_cli_validate_test_predict_and_export_a_fitted_checkpoint(
     data = ["--data", "anomalib.data.MVTecAD", "--data.root", str(tiny_dataset), "--data.category", "synthetic"]
     for subcommand in ("validate", "test"):
         cli = AnomalibCLI([subcommand, *common, *data, "--data.num_workers", "0", "--default_root_dir", str(tmp_path)])
-    assert 0 <= cli.trainer.callback_metrics["image_AUROC"] <= 1
+    assert 0 <= cli.engine.trainer.callback_metrics["image_AUROC"] <= 1
     folder = tiny_dataset / "synthetic" / "test" / "defect"
     for path, count in ((folder, len(list(folder.glob("*.png")))), (next(folder.glob("*.png")), 1)):
-        cli = AnomalibCLI(["predict", *common, "--data_path", str(path), "--default_root_dir", str(tmp_path)])
-        predictions = cli.trainer.predict_loop.predictions
+        cli = AnomalibCLI(["predict", *common, "--data", str(path), "--default_root_dir", str(tmp_path)])
+        predictions = cli.engine.trainer.predict_loop.predictions
         assert sum(len(batch.pred_score) for batch in predictions) == count
         assert predictions[0].anomaly_map.shape[-2:] == (TINY_SIZE, TINY_SIZE)
     AnomalibCLI(["export", *model, "--export_type", "torch", "--default_root_dir", str(tmp_path)])

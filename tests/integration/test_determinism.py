@@ -33,7 +33,9 @@ def textures(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _run(dataset: Path, textures: Path, teacher: Path, root: Path, seed: int, workers: int) -> dict[str, torch.Tensor]:
+def _run(
+    dataset: Path, textures: Path, teacher: Path, root: Path, seed: int, workers: int, precision: str = "32"
+) -> dict[str, torch.Tensor]:
     """Seed, train 2 + 2 steps, predict the test set; return the weights, scores and maps."""
     lightning.seed_everything(seed)
     datamodule = MVTecAD(root=dataset, category="synthetic", train_batch_size=4, eval_batch_size=4, num_workers=workers)
@@ -47,7 +49,7 @@ def _run(dataset: Path, textures: Path, teacher: Path, root: Path, seed: int, wo
         evaluator=False,
         visualizer=False,
     )
-    engine = quiet_cpu_engine(root)
+    engine = quiet_cpu_engine(root, precision=precision)
     engine.fit(model, datamodule=datamodule)
     assert engine.trainer.global_step == 4
     predictions = engine.predict(model, datamodule=datamodule, return_predictions=True)
@@ -64,10 +66,13 @@ def runs(tiny_dataset: Path, textures: Path, teacher_weights: Path, tmp_path_fac
     root = tmp_path_factory.mktemp("determinism")
     cases = {"seed0_workers0_a": (0, 0), "seed0_workers0_b": (0, 0), "seed0_workers2_a": (0, 2)}
     cases |= {"seed0_workers2_b": (0, 2), "seed1_workers0": (1, 0)}
-    return {
+    runs = {
         name: _run(tiny_dataset, textures, teacher_weights, root / name, seed, workers)
         for name, (seed, workers) in cases.items()
     }
+    for name in ("bf16_a", "bf16_b"):  # Lightning's bf16-mixed precision
+        runs[name] = _run(tiny_dataset, textures, teacher_weights, root / name, 0, 0, precision="bf16-mixed")
+    return runs
 
 
 def _differences(first: dict, second: dict) -> list[str]:
@@ -92,3 +97,10 @@ def test_another_seed_gives_other_weights_and_scores(runs: dict) -> None:
     assert "pred_score" in different
     assert "anomaly_map" in different
     assert any(key.startswith("weights.student") for key in different)
+
+
+def test_bf16_mixed_precision_is_deterministic_too(runs: dict) -> None:
+    assert not _differences(runs["bf16_a"], runs["bf16_b"])
+    assert _differences(runs["bf16_a"], runs["seed0_workers0_a"])  # bf16 arithmetic: other, close, numbers
+    weights = [value for key, value in runs["bf16_a"].items() if key.startswith("weights.")]
+    assert all(value.dtype in (torch.float32, torch.int64, torch.bool) for value in weights)  # stored in fp32

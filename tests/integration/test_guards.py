@@ -58,7 +58,7 @@ class SaveAfter(Callback):
         self.path, self.step = path, step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if outputs is not None and trainer.global_step == self.step:
+        if outputs and trainer.global_step == self.step:
             trainer.save_checkpoint(self.path)
 
 
@@ -264,8 +264,9 @@ def test_unidentifiable_texture_files_are_named_and_left_out(tmp_path: Path, cap
     folder = _textures(tmp_path / "textures")
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "page.png").write_bytes(b"<html>not an image</html>")
+    generator = SyntheticAnomalyGenerator(texture_dir=folder)
     with caplog.at_level(logging.WARNING):
-        generator = SyntheticAnomalyGenerator(texture_dir=folder)
+        generator.load_textures()  # when training starts
     assert "empty.jpg" in caplog.text
     assert "page.png" in caplog.text
     assert sorted(path.name for path in generator.texture_files) == ["ok_0.png", "ok_1.png"]
@@ -296,6 +297,6 @@ def test_texture_folder_without_a_readable_image_is_refused_naming_the_files(tmp
     (folder / "a.png").write_bytes(b"")
     (folder / "b.jpg").write_bytes(b"GIF89a?")
     with pytest.raises(ValueError, match="None of the 2 texture images") as error:
-        SyntheticAnomalyGenerator(texture_dir=folder)
+        SyntheticAnomalyGenerator(texture_dir=folder).load_textures()
     assert "a.png" in str(error.value)
     assert "b.jpg" in str(error.value)

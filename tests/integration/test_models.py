@@ -48,7 +48,7 @@ class StepRecorder(Callback):
         self._stage = Stage.at(trainer.global_step, pl_module.hparams.student_steps)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if outputs is None:  # a skipped (incomplete) batch
+        if not outputs:  # a skipped (incomplete) batch
             return
         after = pl_module.model.state_dict()
         changed = {k for k, v in after.items() if not torch.equal(v, self._before[k])}
@@ -239,26 +239,43 @@ def test_optimisers_follow_the_reference(run: Run) -> None:
 
 
 # --- evaluation, visualisation, prediction ------------------------------------------------------------------------
-@pytest.mark.parametrize("run_name", ["run", "folder_run"])
-def test_test_metrics(run_name: str, request: pytest.FixtureRequest) -> None:
-    (results,) = request.getfixturevalue(run_name).test_results
+def _check_metrics(run: Run) -> None:
+    (results,) = run.test_results
     expected = REQUIRED_METRICS | {metric.name for metric in paper_evaluator().test_metrics}
     assert expected <= results.keys()
     for name in REQUIRED_METRICS:
         assert 0.0 <= results[name] <= 1.0, (name, results[name])
 
 
-@pytest.mark.parametrize("run_name", ["run", "folder_run"])
-def test_predictions(run_name: str, request: pytest.FixtureRequest) -> None:
-    batches = request.getfixturevalue(run_name).predictions
-    assert sum(len(batch.pred_score) for batch in batches) == 8  # 4 good + 4 defective test images
-    for batch in batches:
+def _check_predictions(run: Run) -> None:
+    assert sum(len(batch.pred_score) for batch in run.predictions) == 8  # 4 good + 4 defective test images
+    for batch in run.predictions:
         size = len(batch.pred_score)
         assert batch.pred_score.shape == (size,)
         assert batch.anomaly_map.shape[-2:] == (TINY_SIZE, TINY_SIZE)
         assert batch.pred_label is not None and batch.pred_mask is not None
         assert torch.isfinite(batch.anomaly_map).all()
         assert batch.raw_anomaly_map.shape == batch.anomaly_map.shape  # kept for the paper's metrics
+
+
+def _check_images_and_checkpoint(run: Run) -> None:
+    images = [p for p in run.root.rglob("*.png") if "images" in p.parts]
+    assert len(images) >= 8
+    checkpoint = Path(run.engine.best_model_path)
+    assert checkpoint.is_file() and run.root in checkpoint.parents
+    assert type(run.model).__name__ in checkpoint.parts
+
+
+def test_test_metrics_predictions_images_and_checkpoint(run: Run) -> None:
+    _check_metrics(run)
+    _check_predictions(run)
+    _check_images_and_checkpoint(run)
+
+
+def test_the_folder_datamodule_trains_tests_and_predicts(folder_run: Run) -> None:
+    _check_metrics(folder_run)
+    _check_predictions(folder_run)
+    _check_images_and_checkpoint(folder_run)
 
 
 def test_image_auroc_is_computed_on_the_raw_scores(run: Run) -> None:
@@ -268,16 +285,6 @@ def test_image_auroc_is_computed_on_the_raw_scores(run: Run) -> None:
     labels = torch.cat([batch.gt_label for batch in run.predictions])
     (results,) = run.test_results
     assert results["image_AUROC"] == pytest.approx(BinaryAUROC()(raw, labels).item(), abs=1e-6)
-
-
-@pytest.mark.parametrize("run_name", ["run", "folder_run"])
-def test_visualizer_writes_images_and_checkpoint_is_written(run_name: str, request: pytest.FixtureRequest) -> None:
-    run: Run = request.getfixturevalue(run_name)
-    images = [p for p in run.root.rglob("*.png") if "images" in p.parts]
-    assert len(images) >= 8
-    checkpoint = Path(run.engine.best_model_path)
-    assert checkpoint.is_file() and run.root in checkpoint.parents
-    assert type(run.model).__name__ in checkpoint.parts
 
 
 def test_checkpoint_round_trip(run: Run) -> None:

@@ -55,7 +55,7 @@ class Checkpointer(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if outputs is not None and (step in self.at or step == self.crash_at):
+        if outputs and (step in self.at or step == self.crash_at):
             trainer.save_checkpoint(self.folder / f"step{step}.ckpt")
             if step == self.crash_at:
                 raise SimulatedCrashError(step)
@@ -79,7 +79,7 @@ class StageRecorder(Callback):
         )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if outputs is None:
+        if not outputs:
             return
         student, segmentation = self._before
         self.steps.append(
@@ -99,7 +99,12 @@ def _expected_steps(first: int) -> list[tuple[int, bool, bool]]:
 
 
 def _fit(
-    dataset: Path, root: Path, teacher: str | Path, ckpt_path: Path | None = None, callbacks: tuple = ()
+    dataset: Path,
+    root: Path,
+    teacher: str | Path,
+    ckpt_path: Path | None = None,
+    callbacks: tuple = (),
+    precision: str = "32",
 ) -> tuple[DeSTSeg, Engine]:
     """Seed 0, then fit DeSTSeg (3 + 3 steps) on ``dataset``; the same model arguments for every run."""
     lightning.seed_everything(0)
@@ -112,7 +117,7 @@ def _fit(
         evaluator=False,
         visualizer=False,
     )
-    engine = quiet_cpu_engine(root, callbacks)
+    engine = quiet_cpu_engine(root, callbacks, precision=precision)
     engine.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     return model, engine
 
@@ -160,14 +165,23 @@ def crashed_in_stage_2(
     return root / "step4.ckpt"
 
 
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
 def test_resume_at_the_end_of_an_epoch_and_of_stage_1_equals_the_uninterrupted_run(
-    tiny_dataset: Path, teacher_weights: Path, tmp_path: Path
+    tiny_dataset: Path, teacher_weights: Path, tmp_path: Path, precision: str
 ) -> None:
     """Different images, interrupted after step 3 (end of epoch 1 and of stage 1): bit-identical final weights."""
-    reference, _ = _fit(tiny_dataset, tmp_path / "full", teacher_weights, callbacks=(Checkpointer(tmp_path, at={3}),))
+    checkpointer = Checkpointer(tmp_path, at={3})
+    reference, _ = _fit(
+        tiny_dataset, tmp_path / "full", teacher_weights, callbacks=(checkpointer,), precision=precision
+    )
     recorder = StageRecorder()
     resumed, engine = _fit(
-        tiny_dataset, tmp_path / "resumed", MISSING_TEACHER, ckpt_path=tmp_path / "step3.ckpt", callbacks=(recorder,)
+        tiny_dataset,
+        tmp_path / "resumed",
+        MISSING_TEACHER,
+        ckpt_path=tmp_path / "step3.ckpt",
+        callbacks=(recorder,),
+        precision=precision,
     )
     assert engine.trainer.global_step == STUDENT_STEPS + SEGMENTATION_STEPS
     assert recorder.steps == _expected_steps(4)  # straight into stage 2, which never touches the student

@@ -36,7 +36,7 @@ class TrainingProgress(Callback):
     ) -> None:
         """Log a line every ``total_steps / 20`` steps and at the last step; skipped batches are not steps."""
         del trainer, args
-        if outputs is None:  # an incomplete batch, skipped
+        if not outputs:  # an incomplete batch, skipped (Lightning passes {} for a step that returned None)
             return
         done, total = pl_module.global_step, pl_module.total_steps
         student_steps = pl_module.hparams.student_steps

@@ -126,14 +126,15 @@ def test_rejects_non_rgb_batches() -> None:
 
 def test_missing_texture_dir_raises_naming_it(tmp_path: Path) -> None:
     missing = tmp_path / "no_such_dtd"
+    generator = SyntheticAnomalyGenerator(texture_dir=missing)  # a model loads without its texture folder
     with pytest.raises(FileNotFoundError, match="no_such_dtd"):
-        SyntheticAnomalyGenerator(texture_dir=missing)
+        generator.load_textures()  # training starts
 
 
 def test_texture_dir_without_images_raises(tmp_path: Path) -> None:
     (tmp_path / "readme.txt").write_text("not an image")
     with pytest.raises(ValueError, match="holds no images"):
-        SyntheticAnomalyGenerator(texture_dir=tmp_path)
+        SyntheticAnomalyGenerator(texture_dir=tmp_path)(torch.rand(1, 3, 32, 32))  # the first use reads the folder
 
 
 def test_unreadable_texture_raises_naming_the_file(tmp_path: Path) -> None:
@@ -172,7 +173,7 @@ def test_procedural_fallback_warns_once_per_generator(caplog: pytest.LogCaptureF
             generator(torch.rand(2, 3, 32, 32))
         assert len(warnings()) == 1
         assert "texture_dir" in warnings()[0].getMessage()
-        SyntheticAnomalyGenerator(texture_dir=None)
+        SyntheticAnomalyGenerator(texture_dir=None)(torch.rand(1, 3, 32, 32))  # another generator warns again
         assert len(warnings()) == 2
 
 

@@ -9,7 +9,7 @@ from anomalib.data import ImageBatch
 from PIL import Image
 from torch.nn import functional as F  # noqa: N812
 from torchvision import tv_tensors
-from torchvision.transforms.v2 import Compose, Normalize, Resize
+from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
 from anomalib_destseg import DeSTSeg
 from anomalib_destseg.data.resize import (
@@ -132,8 +132,10 @@ def test_datasets_resize_masks_as_the_paper(tmp_path: Path) -> None:
         expected = F.interpolate(original.image[None], size=(64, 64), mode="bilinear", antialias=True)[0]
         assert (item.image - expected).abs().max() < 1e-5
         assert torch.equal(item.gt_mask, resize_masks(original.gt_mask, (64, 64)))
-    nearest = Resize((64, 64))(tv_tensors.Mask(full_size[-1].gt_mask))
-    assert not torch.equal(nearest, resize_masks(full_size[-1].gt_mask, (64, 64)))  # the choice matters here
+    masks = [tv_tensors.Mask(item.gt_mask) for item in full_size if item.gt_mask.any()]
+    assert masks
+    differ = [not torch.equal(Resize((64, 64))(mask), resize_masks(mask, (64, 64))) for mask in masks]
+    assert any(differ)  # nearest-neighbour would give other masks here
 
 
 def test_textures_are_resized_with_pil_bilinear(tmp_path: Path) -> None:
@@ -145,3 +147,13 @@ def test_textures_are_resized_with_pil_bilinear(tmp_path: Path) -> None:
     texture = _read_texture(tmp_path / "texture.png", 48, 64)
     assert texture.shape == (3, 48, 64)
     assert np.array_equal(texture.permute(1, 2, 0).numpy(), expected)
+
+
+def test_anomalib_peers_transforms_get_the_reference_resize_too() -> None:
+    from anomalib.models import Patchcore
+
+    transform = AntialiasedPreProcessor(Patchcore.configure_pre_processor(image_size=(64, 64)).transform).transform
+    assert [type(step).__name__ for step in transform.transforms] == ["ReferenceResize", "Normalize"]
+    assert type(AntialiasedPreProcessor(Resize((32, 32), antialias=True)).transform) is ReferenceResize
+    nearest = Resize((32, 32), interpolation=InterpolationMode.NEAREST)
+    assert AntialiasedPreProcessor(nearest).transform is nearest  # only antialiased bilinear resizes are replaced

@@ -1,0 +1,92 @@
+"""Mixed precision through Lightning's ``precision`` flag: bf16-mixed on CPU; fp16 (``16-mixed``) needs a GPU.
+
+Resume and determinism in bf16-mixed are tested with the fp32 cases (``test_resume.py``, ``test_determinism.py``).
+"""
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from helpers import TINY_SIZE, quiet_cpu_engine
+from lightning.pytorch import Callback, seed_everything
+
+from anomalib_destseg import DeSTSeg, PFADSeg
+from anomalib_destseg.training.callbacks import ChannelsLast, NonFiniteGuard
+
+
+class LossDtypes(Callback):
+    """The dtype and value of every step's loss, as the module hands it to the non-finite guard."""
+
+    def __init__(self) -> None:
+        self.losses: list[torch.Tensor] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if outputs:
+            self.losses.append(pl_module.step_loss)
+
+
+@pytest.mark.parametrize("model_class", [DeSTSeg, PFADSeg], ids=lambda cls: cls.__name__)
+def test_bf16_mixed_trains_tests_and_saves_float32(
+    model_class: type, tiny_dataset: Path, teacher_weights: Path, tmp_path: Path
+) -> None:
+    seed_everything(0)
+    model = model_class(
+        student_steps=2,
+        segmentation_steps=2,
+        teacher_weights=str(teacher_weights),
+        pre_processor=model_class.configure_pre_processor((TINY_SIZE, TINY_SIZE)),
+        visualizer=False,
+    )
+    losses = LossDtypes()
+    engine = quiet_cpu_engine(tmp_path, callbacks=(losses, ChannelsLast()), precision="bf16-mixed")
+    datamodule = MVTecAD(root=tiny_dataset, category="synthetic", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    engine.fit(model, datamodule=datamodule)
+    assert [loss.dtype for loss in losses.losses] == [torch.float32] * 4  # losses computed in float32
+    assert all(math.isfinite(loss.item()) for loss in losses.losses)
+    (metrics,) = engine.test(model, datamodule=datamodule)
+    assert 0 <= metrics["image_AUROC"] <= 1 and 0 <= metrics["pixel_AUPR"] <= 1
+    checkpoint = torch.load(engine.best_model_path, map_location="cpu", weights_only=False)
+    floats = {value.dtype for value in checkpoint["state_dict"].values() if value.is_floating_point()}
+    assert floats == {torch.float32}
+    assert model.model.segmentation_network.head[1].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_skipped_fp16_scaler_step_is_not_an_error() -> None:
+    """With fp16 gradient scaling an overflowing gradient (finite loss) is skipped by the scaler; a NaN loss stops."""
+    model = DeSTSeg()
+    model.step_loss = torch.tensor(0.5)
+    parameter = next(model.model.segmentation_network.parameters())
+    parameter.grad = torch.full_like(parameter, math.inf)
+    optimizer = torch.optim.SGD([parameter], lr=0.1)
+    scaled = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=object()))
+    NonFiniteGuard().on_before_optimizer_step(scaled, model, optimizer)  # no error: the scaler skips the step
+    model.step_loss = torch.tensor(math.nan)
+    guard = NonFiniteGuard()
+    trainer = SimpleNamespace(
+        precision_plugin=scaled.precision_plugin, checkpoint_callback=None, default_root_dir="/nonexistent"
+    )
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at optimiser step 0"):
+        guard.on_before_optimizer_step(trainer, model, optimizer)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="16-mixed (fp16 with gradient scaling) needs a CUDA GPU")
+def test_fp16_mixed_trains_on_a_gpu(tiny_dataset: Path, teacher_weights: Path, tmp_path: Path) -> None:
+    from anomalib.engine import Engine
+
+    seed_everything(0)
+    model = DeSTSeg(
+        student_steps=3,
+        segmentation_steps=3,
+        teacher_weights=str(teacher_weights),
+        pre_processor=DeSTSeg.configure_pre_processor((TINY_SIZE, TINY_SIZE)),
+        visualizer=False,
+    )
+    engine = Engine(default_root_dir=tmp_path, accelerator="gpu", devices=1, logger=False, precision="16-mixed")
+    datamodule = MVTecAD(root=tiny_dataset, category="synthetic", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    engine.fit(model, datamodule=datamodule)
+    assert model.global_step == 6
+    (metrics,) = engine.test(model, datamodule=datamodule)
+    assert 0 <= metrics["image_AUROC"] <= 1
