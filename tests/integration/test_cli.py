@@ -119,3 +119,21 @@ def test_cli_validate_test_predict_and_export_a_fitted_checkpoint(
     (exported,) = tmp_path.rglob("weights/torch/model.pt")
     loaded = torch.load(exported, map_location="cpu", weights_only=False)["model"]
     assert not any(parameter.requires_grad for parameter in loaded.parameters())
+
+
+def test_cli_trains_on_a_training_set_smaller_than_the_batch(
+    teacher_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """anomalib's small test datasets (5 images) with the default batch of 32 train, with a warning."""
+    from anomalib_destseg.data import make_synthetic_dataset
+
+    make_synthetic_dataset(tmp_path / "data", image_size=TINY_SIZE, num_train=5, num_test_good=1, num_test_defect=1)
+    data = ["--data", "anomalib.data.MVTecAD", "--data.root", str(tmp_path / "data"), "--data.category", "synthetic"]
+    model = ["--model", "anomalib_destseg.PFADSeg", "--model.teacher_weights", str(teacher_weights)]
+    model += ["--model.student_steps", "1", "--model.segmentation_steps", "1", "--model.visualizer", "false"]
+    with caplog.at_level("WARNING"):
+        cli = AnomalibCLI(
+            ["fit", *model, *data, "--data.num_workers", "0", *SMALL, "--default_root_dir", str(tmp_path)]
+        )
+    assert cli.engine.trainer.global_step == 2
+    assert "has 5 images, fewer than train_batch_size=32" in caplog.text

@@ -17,6 +17,20 @@ from anomalib_destseg import DeSTSeg, PFADSeg
 from anomalib_destseg.training.callbacks import ChannelsLast, NonFiniteGuard
 
 
+def _model(model_class: type, teacher_weights: Path, steps: int):
+    return model_class(
+        student_steps=steps,
+        segmentation_steps=steps,
+        teacher_weights=str(teacher_weights),
+        pre_processor=model_class.configure_pre_processor((TINY_SIZE, TINY_SIZE)),
+        visualizer=False,
+    )
+
+
+def _datamodule(root: Path) -> MVTecAD:
+    return MVTecAD(root=root, category="synthetic", train_batch_size=4, eval_batch_size=4, num_workers=0)
+
+
 class LossDtypes(Callback):
     """The dtype and value of every step's loss, as the module hands it to the non-finite guard."""
 
@@ -33,16 +47,10 @@ def test_bf16_mixed_trains_tests_and_saves_float32(
     model_class: type, tiny_dataset: Path, teacher_weights: Path, tmp_path: Path
 ) -> None:
     seed_everything(0)
-    model = model_class(
-        student_steps=2,
-        segmentation_steps=2,
-        teacher_weights=str(teacher_weights),
-        pre_processor=model_class.configure_pre_processor((TINY_SIZE, TINY_SIZE)),
-        visualizer=False,
-    )
+    model = _model(model_class, teacher_weights, steps=2)
     losses = LossDtypes()
     engine = quiet_cpu_engine(tmp_path, callbacks=(losses, ChannelsLast()), precision="bf16-mixed")
-    datamodule = MVTecAD(root=tiny_dataset, category="synthetic", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    datamodule = _datamodule(tiny_dataset)
     engine.fit(model, datamodule=datamodule)
     assert [loss.dtype for loss in losses.losses] == [torch.float32] * 4  # losses computed in float32
     assert all(math.isfinite(loss.item()) for loss in losses.losses)
@@ -77,15 +85,9 @@ def test_fp16_mixed_trains_on_a_gpu(tiny_dataset: Path, teacher_weights: Path, t
     from anomalib.engine import Engine
 
     seed_everything(0)
-    model = DeSTSeg(
-        student_steps=3,
-        segmentation_steps=3,
-        teacher_weights=str(teacher_weights),
-        pre_processor=DeSTSeg.configure_pre_processor((TINY_SIZE, TINY_SIZE)),
-        visualizer=False,
-    )
+    model = _model(DeSTSeg, teacher_weights, steps=3)
     engine = Engine(default_root_dir=tmp_path, accelerator="gpu", devices=1, logger=False, precision="16-mixed")
-    datamodule = MVTecAD(root=tiny_dataset, category="synthetic", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    datamodule = _datamodule(tiny_dataset)
     engine.fit(model, datamodule=datamodule)
     assert model.global_step == 6
     (metrics,) = engine.test(model, datamodule=datamodule)

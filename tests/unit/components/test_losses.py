@@ -89,32 +89,19 @@ def test_focal_loss_is_float32_under_bf16_autocast() -> None:
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+# A 4x4 synthetic mask; at 2x2 (see the first test below) its target is [[0, 1], [1, 0]].
+MASK = torch.tensor([[1, 0, 1, 1], [0, 0, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.float32).view(1, 1, 4, 4)
+
+
 def test_mask_is_rebinarised_at_half_after_bilinear_resize() -> None:
     # 4x4 -> 2x2 bilinear (align_corners=False, no antialias) averages each 2x2 block:
     # top-left 1/4 on -> 0.25 -> 0; top-right 2/4 -> 0.5 -> 1; bottom-left 3/4 -> 0.75 -> 1; bottom-right 0 -> 0.
-    mask = torch.tensor(
-        [
-            [1, 0, 1, 1],
-            [0, 0, 0, 0],
-            [1, 1, 0, 0],
-            [1, 0, 0, 0],
-        ],
-        dtype=torch.float32,
-    ).view(1, 1, 4, 4)
-    target = mask_at_resolution(mask, (2, 2))
+    target = mask_at_resolution(MASK, (2, 2))
     assert target.tolist() == [[[[0.0, 1.0], [1.0, 0.0]]]]
 
 
 def test_segmentation_loss_hand_computed() -> None:
-    mask = torch.tensor(
-        [
-            [1, 0, 1, 1],
-            [0, 0, 0, 0],
-            [1, 1, 0, 0],
-            [1, 0, 0, 0],
-        ],
-        dtype=torch.float32,
-    ).view(1, 1, 4, 4)  # target at 2x2: [[0, 1], [1, 0]] (see above)
+    mask = MASK  # target at 2x2: [[0, 1], [1, 0]]
     prediction = torch.tensor([[0.1, 0.6], [0.7, 0.2]]).view(1, 1, 2, 2)
     # p_t = 0.9, 0.6, 0.7, 0.8; L1 = (0.1 + 0.4 + 0.3 + 0.2) / 4 = 0.25
     focal = sum(-((1 - p) ** 4) * math.log(p + 1e-6) for p in (0.9, 0.6, 0.7, 0.8)) / 4
