@@ -27,9 +27,9 @@ images) in under an hour on a 2-core CPU. Every reduction against ``paper``:
 - batch size 32 -> 8 for all four models (training and evaluation);
 - DeSTSeg / PFADSeg: float32 -> Lightning's bf16-mixed precision in the channels-last layout (a stage-2 step at
   128x128 takes ~1.0 s instead of ~2.2 s; on bottle, at 200 + 500 steps, image AUROC moved by at most 0.001 and
-  the pixel metrics by at most 0.008 against float32: ``docs/results.md``), and the time saved spent on training longer: 1000 + 4000 steps ->
-  400 + 1000 steps, about the wall time of 200 + 500 steps in float32 (learning rates unchanged; the student loss is
-  a batch sum, so at batch 8 its effective step is a quarter of the reference's);
+  the pixel metrics by at most 0.008 against float32: ``docs/results.md``), and the time saved spent on training
+  longer: 1000 + 4000 steps -> 400 + 1000 steps, about the wall time of 200 + 500 steps in float32 (learning rates
+  unchanged; the student loss is a batch sum, so at batch 8 its effective step is a quarter of the reference's);
 - Stfpm: 100 epochs -> 20 epochs (about 540 steps at batch 8 on bottle);
 - Patchcore: no reduction besides image size and batch size (its cost is one pass over the training set plus the
   coreset selection);
