@@ -85,6 +85,7 @@ def _train(
     from lightning.pytorch import Callback
 
     from anomalib_destseg.benchmark.models import build_model
+    from anomalib_destseg.components import took_a_step
     from anomalib_destseg.data import make_synthetic_dataset
 
     class Probe(Callback):
@@ -98,7 +99,7 @@ def _train(
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             step = trainer.global_step
-            if every and outputs and step % every == 0:
+            if every and took_a_step(outputs) and step % every == 0:
                 self.points.append((step, current_rss_mib()))
                 print(f"  step {step:5d}: RSS {self.points[-1][1]:8.1f} MiB", file=sys.stderr, flush=True)
 

@@ -38,7 +38,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     from lightning.pytorch import Callback, seed_everything
 
     from anomalib_destseg.benchmark.models import build_model
-    from anomalib_destseg.components import Stage
+    from anomalib_destseg.components import Stage, took_a_step
     from anomalib_destseg.data import make_synthetic_dataset
     from anomalib_destseg.training.callbacks import ChannelsLast
 
@@ -50,7 +50,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
             self.start = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if outputs:
+            if took_a_step(outputs):
                 stage = Stage.at(trainer.global_step - 1, pl_module.hparams.student_steps)
                 self.times[stage.value].append(time.perf_counter() - self.start)
 

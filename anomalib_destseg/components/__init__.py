@@ -9,7 +9,7 @@ from .feature_ops import (
 )
 from .loss import FocalLoss, SegmentationLoss, StudentCosineLoss
 from .segmentation import ASPP, SegmentationNetwork
-from .stage import Stage
+from .stage import Stage, took_a_step
 from .student import StudentDecoder, StudentEncoder
 from .student_teacher import SegmentationGuidedStudentTeacher, check_images, top_k_mean
 from .teacher import ResNet18Teacher, TeacherWeightsError
@@ -32,5 +32,6 @@ __all__ = [
     "cosine_distance_map",
     "level_products",
     "segmentation_input",
+    "took_a_step",
     "top_k_mean",
 ]

@@ -1,4 +1,4 @@
-"""The two training stages of DeSTSeg and PFADSeg.
+"""The two training stages of DeSTSeg and PFADSeg, and which training batches were optimiser steps.
 
 Example:
     >>> Stage.at(step=999, student_steps=1000), Stage.at(step=1000, student_steps=1000)
@@ -7,6 +7,21 @@ Example:
 """
 
 from enum import Enum
+from typing import Any
+
+
+def took_a_step(outputs: Any) -> bool:
+    """Whether a training batch was an optimiser step, from the ``outputs`` a callback's ``on_train_batch_end`` gets.
+
+    Incomplete batches are skipped (the reference drops them): ``training_step`` returns ``None``, which Lightning
+    hands to callbacks as ``{}``, not ``None``.
+
+    Example:
+        >>> took_a_step({}), took_a_step(None), took_a_step({"loss": 0.5})
+        (False, False, True)
+
+    """
+    return bool(outputs)
 
 
 class Stage(str, Enum):

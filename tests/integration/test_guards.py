@@ -27,6 +27,7 @@ from lightning.pytorch import Callback
 from PIL import Image
 
 from anomalib_destseg import DeSTSeg
+from anomalib_destseg.components import took_a_step
 from anomalib_destseg.data.anomaly_generator import SyntheticAnomalyGenerator
 from anomalib_destseg.data.image_checks import check_dataset_images
 
@@ -58,7 +59,7 @@ class SaveAfter(Callback):
         self.path, self.step = path, step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if outputs and trainer.global_step == self.step:
+        if took_a_step(outputs) and trainer.global_step == self.step:
             trainer.save_checkpoint(self.path)
 
 

@@ -14,6 +14,7 @@ from helpers import TINY_SIZE, quiet_cpu_engine
 from lightning.pytorch import Callback, seed_everything
 
 from anomalib_destseg import DeSTSeg, PFADSeg
+from anomalib_destseg.components import took_a_step
 from anomalib_destseg.training.callbacks import ChannelsLast, NonFiniteGuard
 
 
@@ -38,7 +39,7 @@ class LossDtypes(Callback):
         self.losses: list[torch.Tensor] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if outputs:
+        if took_a_step(outputs):
             self.losses.append(pl_module.step_loss)
 
 

@@ -24,7 +24,7 @@ from lightning.pytorch import Callback
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_destseg import DeSTSeg, PFADSeg
-from anomalib_destseg.components import Stage
+from anomalib_destseg.components import Stage, took_a_step
 from anomalib_destseg.data import make_synthetic_dataset
 from anomalib_destseg.metrics import paper_evaluator
 from anomalib_destseg.training.callbacks import progress
@@ -48,7 +48,7 @@ class StepRecorder(Callback):
         self._stage = Stage.at(trainer.global_step, pl_module.hparams.student_steps)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not outputs:  # a skipped (incomplete) batch
+        if not took_a_step(outputs):
             return
         after = pl_module.model.state_dict()
         changed = {k for k, v in after.items() if not torch.equal(v, self._before[k])}

@@ -34,6 +34,7 @@ from helpers import quiet_cpu_engine
 from lightning.pytorch import Callback
 
 from anomalib_destseg import DeSTSeg
+from anomalib_destseg.components import took_a_step
 
 SIZE = 64
 STUDENT_STEPS, SEGMENTATION_STEPS = 3, 3
@@ -55,7 +56,7 @@ class Checkpointer(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if outputs and (step in self.at or step == self.crash_at):
+        if took_a_step(outputs) and (step in self.at or step == self.crash_at):
             trainer.save_checkpoint(self.folder / f"step{step}.ckpt")
             if step == self.crash_at:
                 raise SimulatedCrashError(step)
@@ -79,7 +80,7 @@ class StageRecorder(Callback):
         )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not outputs:
+        if not took_a_step(outputs):
             return
         student, segmentation = self._before
         self.steps.append(

@@ -6,7 +6,7 @@ import time
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from anomalib_destseg.components.stage import Stage
+from anomalib_destseg.components.stage import Stage, took_a_step
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class TrainingProgress(Callback):
     ) -> None:
         """Log a line every ``total_steps / 20`` steps and at the last step; skipped batches are not steps."""
         del trainer, args
-        if not outputs:  # an incomplete batch, skipped (Lightning passes {} for a step that returned None)
+        if not took_a_step(outputs):
             return
         done, total = pl_module.global_step, pl_module.total_steps
         student_steps = pl_module.hparams.student_steps
