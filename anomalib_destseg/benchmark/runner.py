@@ -194,8 +194,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             spec["accelerator"],
             keep_checkpoints=keep,
             epochs=settings.get("epochs") if spec["model"] == "Stfpm" else None,
-            precision=settings.get("precision", "32"),
-            channels_last=settings.get("channels_last", False),
+            precision=settings["precision"],
+            channels_last=settings["channels_last"],
         )
 
         start = time.perf_counter()
