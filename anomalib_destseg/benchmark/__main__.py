@@ -228,11 +228,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--image-size must be a multiple of {SIZE_MULTIPLE}, got {protocol.image_size}")
     if args.steps and sum(args.steps) == 0:
         parser.error("--steps: STUDENT + SEGMENTATION must be at least 1")
-    if args.accelerator == "gpu":
+    wants_fp16 = any(protocol.models[model].precision == "16-mixed" for model in args.models)
+    if args.accelerator == "gpu" or wants_fp16:
         import torch
 
-        if not torch.cuda.is_available():
+        if args.accelerator == "gpu" and not torch.cuda.is_available():
             parser.error("--accelerator gpu: no CUDA device is available (use auto or cpu)")
+        if wants_fp16 and (args.accelerator == "cpu" or not torch.cuda.is_available()):
+            parser.error(
+                "--precision 16-mixed (fp16 with gradient scaling) needs a CUDA GPU; use bf16-mixed or 32 on a CPU"
+            )
 
     plan = [(category, model) for category, _, _ in jobs for model in args.models]
     print(f"{PROG}: protocol {protocol.name}, {len(plan)} runs: " + ", ".join(f"{m}/{c}" for c, m in plan))

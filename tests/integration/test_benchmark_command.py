@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import SHARED, SHARED_WEIGHTS, TINY_SIZE
 from PIL import Image
 
@@ -221,6 +222,16 @@ def test_missing_root_category_and_folders_are_usage_errors(
 
     arguments = ["--root", str(tiny_dataset), "--categories", "synthetic", "--image-size", "100"]
     assert "multiple of 32" in _error_of(arguments, capsys)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a CUDA GPU")
+def test_fp16_without_a_gpu_is_refused_before_any_run(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    arguments = ["--root", str(tiny_dataset), "--categories", "synthetic", "--precision", "16-mixed"]
+    error = _error_of([*arguments, "--output-dir", str(tmp_path / "out")], capsys)
+    assert "--precision 16-mixed (fp16 with gradient scaling) needs a CUDA GPU" in error
+    assert not (tmp_path / "out").exists()
 
 
 def test_mvtec_category_without_masks_is_read_as_folder(tiny_dataset: Path, tmp_path: Path) -> None:
