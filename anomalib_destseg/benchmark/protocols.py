@@ -22,8 +22,8 @@ never uses early stopping (or any other checkpoint selection) and always keeps t
 ``cpu`` -- a reduced recipe that runs all four models on one MVTec AD category (bottle: 209 training and 83 test
 images) in under an hour on a 2-core CPU. Every reduction against ``paper``:
 
-- image size 256 -> 128 for all four models (a DeSTSeg stage-2 step at batch 8 costs ~16 s at 256x256 and ~2.2 s
-  at 128x128 on 2 cores in float32; stage 1 ~1.8 s and ~0.6 s);
+- image size 256 -> 128 for all four models (a DeSTSeg stage-2 step at batch 8 costs ~9.9 s at 256x256 and ~2.2 s
+  at 128x128 on 2 cores in float32; stage 1 ~2.0 s and ~0.6 s: ``docs/benchmarks/training_speed.md``);
 - batch size 32 -> 8 for all four models (training and evaluation);
 - DeSTSeg / PFADSeg: float32 -> Lightning's bf16-mixed precision in the channels-last layout (a stage-2 step at
   128x128 takes ~1.0 s instead of ~2.2 s; on bottle, at 200 + 500 steps, image AUROC moved by at most 0.001 and
