@@ -5,8 +5,12 @@ generated under ``--data-root``; results (checkpoint, anomalib's result images) 
 of test images, their true masks and the anomaly maps to ``<output>/predictions.png``. No download is needed: the
 teacher's ImageNet weights come from torchvision's cache/download unless ``--teacher-weights`` names a local file.
 
+Training keeps ``resume.ckpt`` up to date (at the end of stage 1, then every 250 steps or 5 minutes); a run that was
+killed continues from it with ``--resume``.
+
 Example:
     python -m anomalib_destseg.demo --teacher-weights /path/to/resnet18.pth
+    python -m anomalib_destseg.demo --teacher-weights /path/to/resnet18.pth --resume  # after a kill
 
 """
 
@@ -22,6 +26,7 @@ from lightning.pytorch import seed_everything
 
 from anomalib_destseg import DeSTSeg
 from anomalib_destseg.data import DEFAULT_CATEGORY, make_synthetic_dataset
+from anomalib_destseg.training import latest_resume_checkpoint
 
 PICTURE = "predictions.png"
 
@@ -39,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--precision", default="32", help="Lightning precision, e.g. 32 or bf16-mixed")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the last run under --output from its resume.ckpt"
+    )
     return parser.parse_args(argv)
 
 
@@ -97,8 +105,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_batch_size=16,
         num_workers=0,
     )
+    resume_from = latest_resume_checkpoint(args.output, model, datamodule) if args.resume else None
     engine = Engine(default_root_dir=args.output, accelerator="cpu", devices=1, logger=False, precision=args.precision)
-    engine.fit(model, datamodule=datamodule)
+    engine.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     metrics = engine.test(model, datamodule=datamodule)[0]
     with torch.no_grad():
         picture = save_predictions(engine.predict(model, datamodule=datamodule), args.output / PICTURE)

@@ -37,10 +37,22 @@ from anomalib_destseg.data.rotation import check_rotation, resolve_rotation, rot
 from anomalib_destseg.export import ExportChecksMixin
 
 from . import distributed
-from .callbacks import AnomalyStream, DataChecks, NonFiniteGuard, TeacherWeights, TrainingProgress, usable_batch_size
+from .callbacks import (
+    AnomalyStream,
+    DataChecks,
+    NonFiniteGuard,
+    PeriodicCheckpoint,
+    SafeCheckpointFiles,
+    TeacherWeights,
+    TrainingProgress,
+    usable_batch_size,
+)
 from .random_stream import RandomStream
 
 logger = logging.getLogger(__name__)
+
+NEVER = 2**62
+"""A validation interval in batches that no run reaches: the models validate when training stops."""
 
 
 class TwoStageTraining(ExportChecksMixin):
@@ -70,6 +82,10 @@ class TwoStageTraining(ExportChecksMixin):
         denoising: The student sees corrupted images (True, reference) or clean ones (False, the paper's ablation).
         teacher_weights: ``"imagenet"`` (torchvision's cached or downloaded IMAGENET1K_V1) or a path to a local
             ResNet-18 state dict (``.pth`` read with ``weights_only=True``, or ``.safetensors``).
+        checkpoint_every_n_steps: Write ``resume.ckpt`` (next to anomalib's checkpoint) at least every this many
+            optimiser steps; 0 turns the step trigger off. It is also written at the end of stage 1 and on SIGTERM.
+        checkpoint_every_seconds: ... and at least every this many seconds of training; 0 turns the time trigger
+            off. With both triggers off no ``resume.ckpt`` is written at all.
         pre_processor: Pre-processor or flag; the default resizes to 256x256 with antialiasing, without normalising.
         post_processor: Post-processor or flag; the default is anomalib's, keeping raw scores for the metrics.
         evaluator: Evaluator or flag; the default adds pixel AP, AUPRO, IAP and IAP@90 on raw scores.
@@ -97,6 +113,8 @@ class TwoStageTraining(ExportChecksMixin):
         rotation: Literal["auto", "none", "small", "quarter"] = "auto",
         denoising: bool = True,
         teacher_weights: str | Path = IMAGENET,
+        checkpoint_every_n_steps: int = 250,
+        checkpoint_every_seconds: float = 300.0,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -107,6 +125,7 @@ class TwoStageTraining(ExportChecksMixin):
             {"student_lr": student_lr, "residual_lr": residual_lr, "head_lr": head_lr}, momentum, weight_decay
         )
         check_rotation(rotation)
+        _check_checkpoint_interval(checkpoint_every_n_steps, checkpoint_every_seconds)
         super().__init__(
             pre_processor=pre_processor, post_processor=post_processor, evaluator=evaluator, visualizer=visualizer
         )
@@ -128,14 +147,18 @@ class TwoStageTraining(ExportChecksMixin):
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
-        """Steps decide the schedule; validation runs once, after the last step (it sets the thresholds)."""
-        total = self.total_steps
+        """Steps decide the schedule; validation runs once, after the last step (it sets the thresholds).
+
+        ``training_step`` asks Lightning to stop after the last step, and Lightning validates when it stops. No batch
+        count triggers validation: Lightning counts batches, not optimiser steps, and skipped incomplete batches
+        would bring a count-based validation forward to before the last step.
+        """
         return {
-            "max_steps": total,
+            "max_steps": self.total_steps,
             "max_epochs": -1,
             "num_sanity_val_steps": 0,
             "check_val_every_n_epoch": None,
-            "val_check_interval": total,
+            "val_check_interval": NEVER,
         }
 
     @property
@@ -164,8 +187,12 @@ class TwoStageTraining(ExportChecksMixin):
         return paper_evaluator()
 
     def configure_callbacks(self) -> list[Callback]:
-        """Anomalib's components, then the teacher's weights, data checks, anomaly stream, progress and guard."""
+        """Anomalib's components, then teacher weights, data checks, anomaly stream, progress, guard, checkpoints."""
         callbacks = [TeacherWeights(), DataChecks(), AnomalyStream(), TrainingProgress(), NonFiniteGuard()]
+        callbacks.append(SafeCheckpointFiles())
+        steps, seconds = self.hparams.checkpoint_every_n_steps, self.hparams.checkpoint_every_seconds
+        if steps or seconds:
+            callbacks.append(PeriodicCheckpoint(every_n_steps=steps, every_seconds=seconds))
         return [*super().configure_callbacks(), *callbacks]
 
     @property
@@ -279,4 +306,13 @@ def _check_optimiser(learning_rates: dict[str, float], momentum: float, weight_d
             raise ValueError(msg)
     if not 0 <= momentum < 1 or weight_decay < 0:
         msg = f"momentum must be in [0, 1) and weight_decay >= 0, got {momentum!r} and {weight_decay!r}."
+        raise ValueError(msg)
+
+
+def _check_checkpoint_interval(every_n_steps: int, every_seconds: float) -> None:
+    if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 0:
+        msg = f"checkpoint_every_n_steps must be a non-negative integer (0: off), got {every_n_steps!r}."
+        raise ValueError(msg)
+    if isinstance(every_seconds, bool) or not isinstance(every_seconds, int | float) or not every_seconds >= 0:
+        msg = f"checkpoint_every_seconds must be a non-negative number (0: off), got {every_seconds!r}."
         raise ValueError(msg)

@@ -4,7 +4,9 @@ from .anomaly_stream import AnomalyStream
 from .channels_last import ChannelsLast
 from .data_checks import DataChecks, usable_batch_size
 from .non_finite import LAST_GOOD_CHECKPOINT, NonFiniteGuard
+from .periodic_checkpoint import PeriodicCheckpoint
 from .progress import TrainingProgress
+from .safe_checkpoint_files import SafeCheckpointFiles
 from .teacher_weights import TeacherWeights
 
 __all__ = [
@@ -13,6 +15,8 @@ __all__ = [
     "ChannelsLast",
     "DataChecks",
     "NonFiniteGuard",
+    "PeriodicCheckpoint",
+    "SafeCheckpointFiles",
     "TeacherWeights",
     "TrainingProgress",
     "usable_batch_size",

@@ -1,12 +1,12 @@
 """Stop training on a non-finite loss or gradient, keeping the state from before that step as ``last_good.ckpt``."""
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from anomalib_destseg.components.stage import Stage
+from anomalib_destseg.training.checkpoints import checkpoint_folder
 
 LAST_GOOD_CHECKPOINT = "last_good.ckpt"
 
@@ -74,7 +74,6 @@ class NonFiniteGuard(Callback):
         tensors = [*pl_module.model.parameters(), *pl_module.model.buffers()]
         if not all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point()):
             return "was not saved: the weights themselves are already non-finite (use an earlier checkpoint)"
-        directory = getattr(trainer.checkpoint_callback, "dirpath", None)
-        path = Path(directory or Path(trainer.default_root_dir) / "weights" / "lightning") / LAST_GOOD_CHECKPOINT
+        path = checkpoint_folder(trainer) / LAST_GOOD_CHECKPOINT
         trainer.save_checkpoint(path)
         return f"is saved in {path} (inspect it, or resume from it with ckpt_path once the cause is fixed)"
