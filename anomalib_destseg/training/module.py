@@ -29,6 +29,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Resize
 
 from anomalib_destseg.components.loss import SegmentationLoss, StudentCosineLoss
+from anomalib_destseg.components.maps import SEGMENTATION_MAP, check_map_name, map_fields, other_map
 from anomalib_destseg.components.stage import Stage
 from anomalib_destseg.components.teacher import IMAGENET
 from anomalib_destseg.data.anomaly_generator import SyntheticAnomalyGenerator
@@ -60,6 +61,12 @@ class TwoStageTraining(ExportChecksMixin):
         momentum: SGD momentum of both stages.
         weight_decay: SGD weight decay of both stages.
         top_k: Image score = mean of the ``top_k`` largest anomaly-map values.
+        output_map: The anomaly map the model outputs (``anomaly_map``, ``pred_score``, and so thresholds, pictures
+            and exports): ``"segmentation"`` (the segmentation network's, the paper's DeSTSeg results) or ``"dest"``
+            (the teacher-student cosine-distance map, the paper's DeST results; PFADSeg's is inferred).
+        second_map: In test and predict runs, also compute the other map: it travels in the batch as
+            ``<name>_anomaly_map`` / ``<name>_pred_score`` (raw) and the default evaluator reports its image AUROC,
+            pixel AUROC, pixel AP, AUPRO, IAP and IAP@90 with the prefix ``DeST_`` (or ``Seg_``).
         focal_gamma: Focal loss gamma.
         anomaly_probability: Chance that a training image is corrupted (the reference corrupts every image).
         beta_range: Range of the blend factor beta; the texture's weight inside the mask is ``1 - beta``.
@@ -90,6 +97,8 @@ class TwoStageTraining(ExportChecksMixin):
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
         top_k: int = 100,
+        output_map: Literal["segmentation", "dest"] = "segmentation",
+        second_map: bool = True,
         focal_gamma: float = 4.0,
         anomaly_probability: float = 1.0,
         beta_range: tuple[float, float] = (0.0, 0.8),
@@ -107,6 +116,7 @@ class TwoStageTraining(ExportChecksMixin):
             {"student_lr": student_lr, "residual_lr": residual_lr, "head_lr": head_lr}, momentum, weight_decay
         )
         check_rotation(rotation)
+        check_map_name(output_map)
         super().__init__(
             pre_processor=pre_processor, post_processor=post_processor, evaluator=evaluator, visualizer=visualizer
         )
@@ -156,12 +166,15 @@ class TwoStageTraining(ExportChecksMixin):
 
         return RawScorePostProcessor()
 
-    @staticmethod
-    def configure_evaluator() -> Evaluator:
-        """Anomalib's default test metrics plus pixel AP, AUPRO (FPR limit 0.3), IAP and IAP@90, on raw scores."""
+    def configure_evaluator(self) -> Evaluator:
+        """Anomalib's default test metrics plus pixel AP, AUPRO (FPR limit 0.3), IAP and IAP@90, on raw scores.
+
+        With ``second_map`` (the default) also the paper's metrics of the map that is not the output, prefixed.
+        """
         from anomalib_destseg.metrics import paper_evaluator
 
-        return paper_evaluator()
+        hp = self.hparams
+        return paper_evaluator(second_map=other_map(hp.output_map) if hp.second_map else None)
 
     def configure_callbacks(self) -> list[Callback]:
         """Anomalib's components, then the teacher's weights, data checks, anomaly stream, progress and guard."""
@@ -260,6 +273,42 @@ class TwoStageTraining(ExportChecksMixin):
         """Predict scores and maps for the validation batch (used for thresholds)."""
         del args, kwargs
         return batch.update(**self.model(batch.image)._asdict())
+
+    # --- the two anomaly maps -----------------------------------------------------------------------------------
+    def test_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """The output map as ``anomaly_map`` / ``pred_score``; with ``second_map`` the other one beside it."""
+        del args, kwargs
+        return self._predict_maps(batch)
+
+    def predict_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """As :meth:`test_step`: the output map, and with ``second_map`` the other one beside it."""
+        del args, kwargs
+        return self._predict_maps(batch)
+
+    def _predict_maps(self, batch: Batch) -> Batch:
+        output = self.model.output_map
+        if not self.hparams.second_map:
+            return batch.update(**self.model(batch.image)._asdict())
+        second = other_map(output)
+        predictions = self.model.predict_maps(batch.image, (output, second))
+        score_field, map_field = map_fields(second)
+        setattr(batch, score_field, predictions[second].pred_score)  # anomalib's batch fields are fixed: an attribute
+        setattr(batch, map_field, predictions[second].anomaly_map)
+        return batch.update(**predictions[output]._asdict())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Warn when the checkpoint's thresholds were set on the other map (``output_map`` changed on loading)."""
+        super().on_load_checkpoint(checkpoint)
+        saved = (checkpoint.get("hyper_parameters") or {}).get("output_map", SEGMENTATION_MAP)
+        if saved != self.hparams.output_map and self.post_processor is not None:
+            logger.warning(
+                "%s: the checkpoint's thresholds and score normalisation were set on the %r map, but this model "
+                "outputs the %r map. Run Engine.validate (as training does) before relying on its labels, masks or "
+                "normalised scores; the metrics on raw scores are not affected.",
+                self.name,
+                saved,
+                self.hparams.output_map,
+            )
 
 
 def _check_schedule(student_steps: int, segmentation_steps: int) -> None:
