@@ -291,10 +291,12 @@ class TwoStageTraining(ExportChecksMixin):
             return batch.update(**self.model(batch.image)._asdict())
         second = other_map(output)
         predictions = self.model.predict_maps(batch.image, (output, second))
+        batch.update(**predictions[output]._asdict())
+        # anomalib's batch fields are fixed: the second map is an attribute, shaped as the batch shapes anomaly_map
         score_field, map_field = map_fields(second)
-        setattr(batch, score_field, predictions[second].pred_score)  # anomalib's batch fields are fixed: an attribute
-        setattr(batch, map_field, predictions[second].anomaly_map)
-        return batch.update(**predictions[output]._asdict())
+        setattr(batch, score_field, predictions[second].pred_score)
+        setattr(batch, map_field, predictions[second].anomaly_map.reshape(batch.anomaly_map.shape))
+        return batch
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Warn when the checkpoint's thresholds were set on the other map (``output_map`` changed on loading)."""
