@@ -10,7 +10,7 @@ What is measured:
 
 - ``fit_s``: wall time of ``Engine.fit``: training plus the one validation pass that anomalib uses to set the
   thresholds and the normalisation range (no checkpoint is written unless asked for).
-- ``test_s``: wall time of ``Engine.test`` (inference and all eight metrics; AUPRO and IAP are not cheap).
+- ``test_s``: wall time of ``Engine.test`` (inference and all metrics, the DeST map's too; AUPRO and IAP are not cheap).
 - ``infer_img_per_s``: test images per second of the model's ``forward`` (pre-processing resize, network,
   post-processing) over the whole test set at the evaluation batch size, after one untimed warm-up batch; image
   decoding and metrics are not included.
