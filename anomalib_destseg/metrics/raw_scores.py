@@ -79,19 +79,6 @@ class PaperEvaluator(Evaluator):
         self.second_map = None if second_map is None else check_map_name(second_map, "second_map")
         self.register_load_state_dict_pre_hook(_keep_own_metric_buffers)
 
-
-def _keep_own_metric_buffers(module: Evaluator, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-    """Load-state-dict pre-hook: the evaluator keeps its own metric buffers, whatever the checkpoint holds.
-
-    Its only persistent buffers are metric settings (AUPRO's ``fpr_limit``); metric states are not saved. A checkpoint
-    written with another set of metrics (without the second map's, or by release 0.1.0) then still loads strictly.
-    """
-    del args
-    own = module.state_dict(prefix=prefix)
-    for key in [key for key in state_dict if key.startswith(prefix) and key not in own]:
-        del state_dict[key]
-    state_dict.update(own)
-
     def on_test_batch_end(
         self,
         trainer: Trainer,
@@ -118,3 +105,16 @@ def _keep_own_metric_buffers(module: Evaluator, state_dict: dict[str, Any], pref
                 self._warned = True
             keep_raw_scores(batch)
         super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+
+
+def _keep_own_metric_buffers(module: Evaluator, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Load-state-dict pre-hook: the evaluator keeps its own metric buffers, whatever the checkpoint holds.
+
+    Its only persistent buffers are metric settings (AUPRO's ``fpr_limit``); metric states are not saved. A checkpoint
+    written with another set of metrics (without the second map's, or by release 0.1.0) then still loads strictly.
+    """
+    del args
+    own = module.state_dict(prefix=prefix)
+    for key in [key for key in state_dict if key.startswith(prefix) and key not in own]:
+        del state_dict[key]
+    state_dict.update(own)
