@@ -55,7 +55,7 @@ from .arguments import (
     mvtec_jobs,
     remove_outputs,
 )
-from .protocols import MODEL_NAMES, TWO_STAGE_MODELS, Protocol, get_protocol, override
+from .protocols import MODEL_NAMES, SECOND_MAP_ROWS, TWO_STAGE_MODELS, Protocol, get_protocol, override, report_rows
 from .runner import PREDICTIONS_FILE, error_line
 from .subprocesses import run_one, run_preflight
 
@@ -127,7 +127,11 @@ class _Outputs:
         ]
         for category in dict.fromkeys(r["category"] for r in rows):
             predictions = {
-                r["model"]: self.output / "runs" / category / r["model"] / PREDICTIONS_FILE
+                r["model"]: self.output
+                / "runs"
+                / category
+                / r.get("run_model", r["model"])
+                / (r.get("predictions_file") or PREDICTIONS_FILE)
                 for r in rows
                 if r["category"] == category and r["status"] == "ok"
             }
@@ -190,6 +194,15 @@ def _method_notes(args: argparse.Namespace, same_weights: bool | None) -> list[s
         "Each model's Lightning precision and memory layout are in its settings (default: 32-bit, NCHW); the timed "
         "inference pass runs in float32.",
     ]
+    second = [f"{SECOND_MAP_ROWS[model]}" for model in args.models if model in SECOND_MAP_ROWS]
+    if second:
+        notes.append(
+            f"{' and '.join(second)}: the same trained model as the row above it (no retraining), scored with its "
+            "second anomaly map, the reference's DeST map (per level 1 - cosine similarity of the L2-normalised "
+            "student and teacher features, resized to the finest level and multiplied; image score the top-100 "
+            "mean; PFADSeg's is inferred), in the same Engine.test. fit_s and peak_rss_gb are the shared run's; "
+            "infer_img_per_s times the model switched to output that map."
+        )
     if same_weights:
         notes.append(
             f"Teacher weights: DeSTSeg/PFADSeg ({args.teacher_weights}) and timm {TIMM_NAME} (Patchcore, "
@@ -266,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "method_notes": _method_notes(args, same_weights),
     }
     notices = [n for _, _, dataset_notices in jobs for n in dataset_notices] + weight_notes
-    rows = [report.empty_row(model, category) for category, model in plan]
+    rows = [report.empty_row(name, category) for category, model in plan for name in report_rows(model)]
     if args.overwrite:
         remove_outputs(args.output_dir)
     return _run_all(args, protocol, jobs, rows, notices, _Outputs(args, protocol, config))
@@ -290,10 +303,10 @@ def _run_all(
     outputs.write(rows, [])
     datasets = {category: dataset for category, dataset, _ in jobs}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    plan = [(row["model"], row["category"]) for row in rows if row["model"] in MODEL_NAMES]
     with Progress(*columns, console=console) as progress:
-        overall = progress.add_task("benchmark", total=len(rows))
-        for row in rows:
-            model, category = row["model"], row["category"]
+        overall = progress.add_task("benchmark", total=len(plan))
+        for model, category in plan:
             progress.update(overall, description=f"{model} on {category}")
             spec = {
                 "model": model,
@@ -311,7 +324,11 @@ def _run_all(
                 "keep_checkpoints": args.keep_checkpoints,
                 "run_dir": str((args.output_dir / "runs" / category / model).resolve()),
             }
-            row.update(run_one(spec, args.timeout, lambda: progress.refresh()))
+            results = {result["model"]: result for result in run_one(spec, args.timeout, lambda: progress.refresh())}
+            for filled in rows:
+                if filled["category"] == category and filled["model"] in results:
+                    filled.update(results[filled["model"]])
+            row = results[model]
             if row["status"] == "ok" and all(math.isnan(row[c]) for c in report.PIXEL_COLUMNS):
                 notice = f"{model} on {category}: no pixel metrics (the test set has no masks)."
                 if not any(category in n and "mask" in n for n in outputs.notes):

@@ -3,7 +3,7 @@
 The benchmark command (:mod:`anomalib_destseg.benchmark`), ``benchmarks/cpu_speed.py`` and ``benchmarks/memory.py``
 build every model here: DeSTSeg and PFADSeg with their defaults, anomalib's Patchcore and Stfpm on timm's
 ``resnet18.tv_in1k`` (the teacher's weights), all with the paper evaluator on raw scores, masks resized as the
-paper does, and no visualizer.
+paper does, and no visualizer. DeSTSeg's and PFADSeg's evaluator also reports their DeST map (``DeST_`` metrics).
 
 Example:
     >>> model = build_model("destseg", 128, student_steps=2, segmentation_steps=2)
@@ -15,6 +15,7 @@ Example:
 from pathlib import Path
 from typing import Any
 
+from anomalib_destseg.components.maps import DEST_MAP
 from anomalib_destseg.components.teacher import IMAGENET, TIMM_NAME
 
 from .protocols import MODEL_NAMES, TWO_STAGE_MODELS
@@ -70,7 +71,9 @@ def build_model(
         student_steps: DeSTSeg / PFADSeg stage-1 steps (``None``: the model's default).
         segmentation_steps: DeSTSeg / PFADSeg stage-2 steps (``None``: the model's default).
         coreset_sampling_ratio: Patchcore's coreset ratio (``None``: anomalib's default).
-        raw_scores: Metrics on raw scores (the paper) rather than on anomalib's normalised ones.
+        raw_scores: Metrics on raw scores (the paper) rather than on anomalib's normalised ones. DeSTSeg and
+            PFADSeg output their segmentation map and their evaluator adds the DeST map's metrics (``DeST_``
+            prefix, always on raw values).
         **model_kwargs: Further constructor arguments.
 
     Raises:
@@ -83,8 +86,9 @@ def build_model(
 
     name = canonical_name(name)
     size = (image_size, image_size)
-    common = {"evaluator": paper_evaluator(raw_scores=raw_scores), "post_processor": RawScorePostProcessor()}
-    common |= {"visualizer": False, **model_kwargs}
+    second_map = DEST_MAP if name in TWO_STAGE_MODELS else None
+    evaluator = paper_evaluator(raw_scores=raw_scores, second_map=second_map)
+    common = {"evaluator": evaluator, "post_processor": RawScorePostProcessor(), "visualizer": False, **model_kwargs}
     if name in TWO_STAGE_MODELS:
         from anomalib_destseg import DeSTSeg, PFADSeg
 

@@ -54,6 +54,21 @@ MODEL_NAMES = ("DeSTSeg", "PFADSeg", "Patchcore", "Stfpm")
 TWO_STAGE_MODELS = ("DeSTSeg", "PFADSeg")
 """Models trained with the DeSTSeg two-stage schedule (``student_steps`` + ``segmentation_steps``)."""
 
+SECOND_MAP_ROWS = {"DeSTSeg": "DeSTSeg (DeST map)", "PFADSeg": "PFADSeg (student-teacher map)"}
+"""Report row of each two-stage model's DeST map: the same trained model as the model's own row, tested with its
+second anomaly map (the teacher-student cosine-distance map) instead of the segmentation map."""
+
+
+def report_rows(model: str) -> list[str]:
+    """The rows one run of ``model`` fills: its own, then its DeST map's for DeSTSeg and PFADSeg.
+
+    Example:
+        >>> report_rows("PFADSeg"), report_rows("Stfpm")
+        (['PFADSeg', 'PFADSeg (student-teacher map)'], ['Stfpm'])
+
+    """
+    return [model, SECOND_MAP_ROWS[model]] if model in SECOND_MAP_ROWS else [model]
+
 
 @dataclass(frozen=True)
 class ModelSettings:

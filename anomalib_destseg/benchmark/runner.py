@@ -10,16 +10,22 @@ What is measured:
 
 - ``fit_s``: wall time of ``Engine.fit``: training plus the one validation pass that anomalib uses to set the
   thresholds and the normalisation range (no checkpoint is written unless asked for).
-- ``test_s``: wall time of ``Engine.test`` (inference and all eight metrics; AUPRO and IAP are not cheap).
+- ``test_s``: wall time of ``Engine.test`` (inference and all metrics, the DeST map's too; AUPRO and IAP are not cheap).
 - ``infer_img_per_s``: test images per second of the model's ``forward`` (pre-processing resize, network,
   post-processing) over the whole test set at the evaluation batch size, after one untimed warm-up batch; image
   decoding and metrics are not included.
+
+DeSTSeg and PFADSeg also report their DeST map from the same run: its metrics come from the same ``Engine.test``
+(``DeST_`` prefix), and its inference speed and panel maps (``predictions_dest.npz``) from the same model switched to
+``output_map="dest"``, without post-processing (its thresholds belong to the segmentation map; the panel scales each
+map by its own range anyway). They are written under ``second_map`` in ``result.json``.
 
 Example:
     python -m anomalib_destseg.benchmark.runner results/runs/bottle/DeSTSeg/spec.json
 
 """
 
+import contextlib
 import json
 import logging
 import math
@@ -34,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from anomalib_destseg.components.maps import DEST_MAP, METRIC_PREFIXES
 from anomalib_destseg.components.teacher import TIMM_NAME
 
 from .models import build_datamodule, build_engine, build_model, timm_weights_message
@@ -45,6 +52,7 @@ RESULT_FILE = "result.json"
 PREFLIGHT_FLAG = "--preflight"
 PREFLIGHT_MARKER = "PREFLIGHT "
 PREDICTIONS_FILE = "predictions.npz"
+SECOND_PREDICTIONS_FILE = "predictions_dest.npz"
 
 
 def select_panel_indices(image_paths: list[str], labels: list[int], count: int) -> list[int]:
@@ -155,6 +163,17 @@ def save_panel_predictions(
     return len(indices)
 
 
+@contextlib.contextmanager
+def showing_map(model, name: str):
+    """Within the block, ``model`` (DeSTSeg / PFADSeg) outputs map ``name`` without post-processing (raw values)."""
+    output_map, post_processor = model.model.output_map, model.post_processor
+    model.model.output_map, model.post_processor = name, None
+    try:
+        yield model
+    finally:
+        model.model.output_map, model.post_processor = output_map, post_processor
+
+
 def own_peak_rss_gb() -> float:
     """Peak resident memory of this process and its finished children (data-loader workers), in GB."""
     scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
@@ -212,6 +231,26 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     n_panel = save_panel_predictions(
         model, datamodule.test_data, spec["panel_images"], device, run_dir / PREDICTIONS_FILE, map_range
     )
+    second_map = None
+    if spec["model"] in TWO_STAGE_MODELS:
+        with showing_map(model, DEST_MAP):
+            second_images, second_seconds, second_range = timed_inference(model, datamodule.test_dataloader(), device)
+            save_panel_predictions(
+                model,
+                datamodule.test_data,
+                spec["panel_images"],
+                device,
+                run_dir / SECOND_PREDICTIONS_FILE,
+                second_range,
+            )
+        second_map = {
+            "map": DEST_MAP,
+            "metric_prefix": METRIC_PREFIXES[DEST_MAP],
+            "infer_images": second_images,
+            "infer_s": second_seconds,
+            "infer_img_per_s": second_images / second_seconds if second_seconds > 0 else float("nan"),
+            "predictions": SECOND_PREDICTIONS_FILE,
+        }
 
     hparams = getattr(model, "hparams", {})
     texture = hparams.get("texture_dir", None) if spec["model"] in TWO_STAGE_MODELS else None
@@ -228,6 +267,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "n_test": len(datamodule.test_data),
         "panel_images": n_panel,
         "texture": (str(texture) if texture else "procedural") if spec["model"] in TWO_STAGE_MODELS else "",
+        "second_map": second_map,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "versions": {"torch": torch.__version__, "anomalib": anomalib.__version__, "lightning": lightning.__version__},
     }

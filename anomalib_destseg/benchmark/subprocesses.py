@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from . import report
-from .runner import PREFLIGHT_FLAG, PREFLIGHT_MARKER, RESULT_FILE
+from .protocols import report_rows
+from .runner import PREDICTIONS_FILE, PREFLIGHT_FLAG, PREFLIGHT_MARKER, RESULT_FILE
 
 
 def run_preflight(models: list[str], teacher_weights: str) -> tuple[list[str], list[str], bool | None]:
@@ -68,8 +69,12 @@ def _wait(process: subprocess.Popen, timeout: int | None, tick) -> tuple[int, fl
     return process.returncode, usage.ru_maxrss * scale / 1e9, timed_out
 
 
-def run_one(spec: dict[str, Any], timeout: int | None, tick) -> dict[str, Any]:
-    """Run one (category, model) in a subprocess and return its result row (never raises for a failed run)."""
+def run_one(spec: dict[str, Any], timeout: int | None, tick) -> list[dict[str, Any]]:
+    """Run one (category, model) in a subprocess and return its result rows (never raises for a failed run).
+
+    The rows are :func:`~.protocols.report_rows`: the model's, then for DeSTSeg and PFADSeg their DeST map's, whose
+    metrics are the run's ``DeST_`` ones and whose fit time and peak memory are the shared run's.
+    """
     run_dir = Path(spec["run_dir"])
     if run_dir.exists():
         shutil.rmtree(run_dir)  # only reached with --overwrite (checked before any run)
@@ -105,4 +110,25 @@ def run_one(spec: dict[str, Any], timeout: int | None, tick) -> dict[str, Any]:
     peak_self = result.get("peak_rss_gb_self")
     row["peak_rss_gb"] = peak_gb if peak_gb is not None else (peak_self if peak_self is not None else math.nan)
     row["details"] = result
-    return row
+    row["run_model"], row["predictions_file"] = spec["model"], PREDICTIONS_FILE
+    return [row, *(_second_map_row(name, row, result) for name in report_rows(spec["model"])[1:])]
+
+
+def _second_map_row(name: str, row: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """The DeST map's row of a DeSTSeg / PFADSeg run: its metrics and inference speed, the run's other costs."""
+    second = report.empty_row(name, row["category"])
+    second.update(status=row["status"], error=row["error"], peak_rss_gb=row["peak_rss_gb"], run_model=row["model"])
+    details = result.get("second_map") or {}
+    second["predictions_file"] = details.get("predictions", "")
+    second["details"] = {"status": row["status"], "same_run_as": row["model"], "second_map": details}
+    if row["status"] != "ok":
+        return second
+    if not details:
+        second.update(status="failed", error="the run reported no second map")
+        return second
+    metrics = result.get("metrics", {})
+    for column, key in report.METRIC_KEYS.items():
+        value = metrics.get(details["metric_prefix"] + key)
+        second[column] = float(value) if value is not None else math.nan
+    second["fit_s"], second["infer_img_per_s"] = row["fit_s"], details["infer_img_per_s"]
+    return second

@@ -1,7 +1,8 @@
 """Feature operations shared by the student-teacher models.
 
 The reference normalises every feature map to unit length over channels before comparing or multiplying teacher
-and student features; the segmentation network sees their element-wise product at the finest resolution.
+and student features; the segmentation network sees their element-wise product at the finest resolution, and the
+DeST map (the reference's second output) is the product over levels of their cosine distances.
 
 Example:
     >>> import torch
@@ -113,3 +114,48 @@ def segmentation_input(
 
     """
     return concat_at_finest(level_products(teacher_features, student_features))
+
+
+def dest_map(
+    teacher_features: Sequence[torch.Tensor],
+    student_features: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """The reference's DeST map: the product over levels of the teacher-student cosine distance, at the finest size.
+
+    Per level k the distance is ``1 - <n(S_k), n(T_k)>`` (:func:`cosine_distance_map`); every level is resized
+    bilinearly (``align_corners=False``) to the first (finest) level's size and the levels are multiplied. Computed
+    in float32 whatever the features' dtype (under bf16 autocast the product of three small distances would
+    otherwise keep 8 significant bits).
+
+    Args:
+        teacher_features: Teacher feature maps, finest first.
+        student_features: Student feature maps with the same shapes.
+
+    Returns:
+        Tensor ``[B, 1, H_1, W_1]`` (float32) with values in ``[0, 2 ** levels]``.
+
+    Raises:
+        ValueError: If the two lists have different lengths.
+
+    Example:
+        >>> t = [torch.ones(1, 4, 4, 4), torch.ones(1, 8, 2, 2)]
+        >>> dest_map(t, [-t[0], -t[1]])[0, 0, 0, 0].item()  # opposite at both levels: 2 * 2
+        4.0
+        >>> dest_map(t, t).shape, dest_map(t, t).abs().max().item()  # identical features: distance 0
+        (torch.Size([1, 1, 4, 4]), 0.0)
+
+    """
+    if len(teacher_features) != len(student_features):
+        msg = f"Got {len(teacher_features)} teacher levels but {len(student_features)} student levels."
+        raise ValueError(msg)
+    distances = [
+        cosine_distance_map(student.float(), teacher.float()).unsqueeze(1)
+        for teacher, student in zip(teacher_features, student_features, strict=True)
+    ]
+    size = distances[0].shape[-2:]
+    product = distances[0]
+    for distance in distances[1:]:
+        if distance.shape[-2:] != size:
+            distance = F.interpolate(distance, size=size, mode="bilinear", align_corners=False)
+        product = product * distance
+    return product

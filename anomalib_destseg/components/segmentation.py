@@ -73,5 +73,10 @@ class SegmentationNetwork(nn.Module):
         return self.head(self.aspp(self.residual(features)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Return the anomaly probability map ``[B, 1, H, W]`` at the input's resolution."""
-        return torch.sigmoid(self.logits(features))
+        """Return the anomaly probability map ``[B, 1, H, W]`` at the input's resolution, in float32.
+
+        The sigmoid runs in float32 even when the head's convolution ran in bf16 or fp16 under autocast: in bf16 it
+        would round every logit above 6.25 to a probability of exactly 1.0 (no focal-loss gradient there, tied
+        maps). A no-op in float32, invisible to export.
+        """
+        return torch.sigmoid(self.logits(features).float())

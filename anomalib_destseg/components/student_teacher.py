@@ -5,8 +5,10 @@ how teacher and student features are turned into the segmentation network's inpu
 (:meth:`SegmentationGuidedStudentTeacher.segmentation_features`). Everything else, including ImageNet normalisation
 inside the model (so exported models take ``[0, 1]`` images) and the image score, lives here.
 
-In eval mode ``forward`` returns anomalib's ``InferenceBatch(pred_score, anomaly_map)`` with the map at the input's
-size. Training runs :meth:`~SegmentationGuidedStudentTeacher.student_pass` (stage 1) or
+In eval mode ``forward`` returns anomalib's ``InferenceBatch(pred_score, anomaly_map)`` of the map named by
+``output_map`` (the segmentation map by default, or the DeST map: see :mod:`.maps`) at the input's size;
+:meth:`~SegmentationGuidedStudentTeacher.predict_maps` returns both from one pass of the networks. Training runs
+:meth:`~SegmentationGuidedStudentTeacher.student_pass` (stage 1) or
 :meth:`~SegmentationGuidedStudentTeacher.segmentation_pass` (stage 2) after
 :meth:`~SegmentationGuidedStudentTeacher.set_stage`.
 """
@@ -18,7 +20,8 @@ from anomalib.data import InferenceBatch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from .feature_ops import segmentation_input
+from .feature_ops import dest_map, segmentation_input
+from .maps import ANOMALY_MAPS, DEST_MAP, SEGMENTATION_MAP, check_map_name
 from .segmentation import SegmentationNetwork
 from .stage import Stage
 from .teacher import ResNet18Teacher
@@ -57,15 +60,23 @@ class SegmentationGuidedStudentTeacher(nn.Module, ABC):
     Args:
         segmentation_in_channels: Channels the segmentation network receives.
         top_k: Number of largest anomaly-map values averaged into the image score (reference 100).
+        output_map: The map ``forward`` returns in eval mode: ``"segmentation"`` (the segmentation network's) or
+            ``"dest"`` (the teacher-student map). An attribute: it may be changed after construction.
+
+    Raises:
+        ValueError: If ``top_k`` < 1 or ``output_map`` is not one of the two names.
 
     """
 
-    def __init__(self, segmentation_in_channels: int = 448, top_k: int = 100) -> None:
+    def __init__(
+        self, segmentation_in_channels: int = 448, top_k: int = 100, output_map: str = SEGMENTATION_MAP
+    ) -> None:
         super().__init__()
         if top_k < 1:
             msg = f"top_k must be >= 1, got {top_k}."
             raise ValueError(msg)
         self.top_k = top_k
+        self.output_map = check_map_name(output_map)
         self.teacher = ResNet18Teacher()
         self.segmentation_network = SegmentationNetwork(segmentation_in_channels)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -155,19 +166,58 @@ class SegmentationGuidedStudentTeacher(nn.Module, ABC):
             teacher, student = self.encode(corrupted)
         return self.segmentation_network(self.segmentation_features(teacher, student))
 
+    def dest(self, images: torch.Tensor) -> torch.Tensor:
+        """The DeST map ``[B, 1, H/4, W/4]`` (float32) of ``[0, 1]`` images: :func:`~.feature_ops.dest_map`."""
+        return dest_map(*self.encode(images))
+
+    def predict_maps(self, images: torch.Tensor, maps: tuple[str, ...] = ANOMALY_MAPS) -> dict[str, InferenceBatch]:
+        """Score ``[0, 1]`` images ``[B, 3, H, W]`` with the named maps, encoding them once.
+
+        Each map is resized bilinearly (``align_corners=False``) to the input's size, in float32, and its image score
+        is the mean of its ``top_k`` largest values, as the reference scores both of its maps.
+
+        Args:
+            images: Images with H, W multiples of 32.
+            maps: Names from :data:`~.maps.ANOMALY_MAPS` (default both).
+
+        Returns:
+            ``{name: InferenceBatch(pred_score=[B], anomaly_map=[B, 1, H, W])}`` in the order of ``maps``.
+
+        Raises:
+            ValueError: For bad images or an unknown map name.
+
+        Example:
+            >>> from anomalib_destseg import DeSTSegModel
+            >>> both = DeSTSegModel().eval().predict_maps(torch.rand(1, 3, 64, 64))
+            >>> list(both), both["dest"].anomaly_map.shape
+            (['segmentation', 'dest'], torch.Size([1, 1, 64, 64]))
+
+        """
+        check_images(images)
+        for name in maps:
+            check_map_name(name, "maps")
+        teacher, student = self.encode(images)
+        result = {}
+        for name in maps:
+            if name == DEST_MAP:
+                small = dest_map(teacher, student)
+            else:
+                small = self.segmentation_network(self.segmentation_features(teacher, student))
+            # float32 from here: under bf16 autocast (anomalib_destseg.inference) the map and the top-k score keep
+            # full precision (fewer tied scores); a no-op in float32, invisible to export.
+            anomaly_map = F.interpolate(small.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
+            result[name] = InferenceBatch(pred_score=top_k_mean(anomaly_map, self.top_k), anomaly_map=anomaly_map)
+        return result
+
     def forward(self, images: torch.Tensor) -> torch.Tensor | InferenceBatch:
         """Segment ``[0, 1]`` images ``[B, 3, H, W]`` (H, W multiples of 32).
 
         Returns:
             In training mode the 1/4-resolution probability map (gradients through every part); in eval mode
-            ``InferenceBatch(pred_score=[B], anomaly_map=[B, 1, H, W])``.
+            ``InferenceBatch(pred_score=[B], anomaly_map=[B, 1, H, W])`` of the ``output_map``.
 
         """
-        check_images(images)
-        probabilities = self.segment(images)
         if self.training:
-            return probabilities
-        # float32 from here: under bf16 autocast (anomalib_destseg.inference) the map and the top-k score keep full
-        # precision (fewer tied scores); a no-op in float32, invisible to export.
-        anomaly_map = F.interpolate(probabilities.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return InferenceBatch(pred_score=top_k_mean(anomaly_map, self.top_k), anomaly_map=anomaly_map)
+            check_images(images)
+            return self.segment(images)
+        return self.predict_maps(images, (self.output_map,))[self.output_map]

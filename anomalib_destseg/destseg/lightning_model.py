@@ -51,7 +51,7 @@ class DeSTSeg(TwoStageTraining, AnomalibModule):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.model = DeSTSegModel(top_k=self.hparams.top_k)
+        self.model = DeSTSegModel(top_k=self.hparams.top_k, output_map=self.hparams.output_map)
 
     @classmethod
     def from_reference_checkpoint(cls, path: str | Path, **kwargs: Any) -> "DeSTSeg":

@@ -25,11 +25,13 @@ class DeSTSegModel(SegmentationGuidedStudentTeacher):
 
     Args:
         top_k: Number of largest anomaly-map values averaged into the image score.
+        output_map: The map returned in eval mode: ``"segmentation"`` (default) or ``"dest"`` (the teacher-student
+            map, the reference's second output).
 
     """
 
-    def __init__(self, top_k: int = 100) -> None:
-        super().__init__(segmentation_in_channels=64 + 128 + 256, top_k=top_k)
+    def __init__(self, top_k: int = 100, output_map: str = "segmentation") -> None:
+        super().__init__(segmentation_in_channels=64 + 128 + 256, top_k=top_k, output_map=output_map)
         self.student_encoder = StudentEncoder()
         self.student_decoder = StudentDecoder()
 

@@ -66,4 +66,6 @@ class PFADSeg(TwoStageTraining, AnomalibModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.model = PFADSegModel(top_k=self.hparams.top_k, decoder_input=decoder_input, fusion=fusion)
+        self.model = PFADSegModel(
+            top_k=self.hparams.top_k, decoder_input=decoder_input, fusion=fusion, output_map=self.hparams.output_map
+        )

@@ -58,18 +58,26 @@ class PFADSegModel(SegmentationGuidedStudentTeacher):
         fusion: ``"adaptive"`` (level weights, 576-channel segmentation input) or ``"concat"`` (DeSTSeg's plain
             448-channel concatenation). ``decoder_input="student_encoder", fusion="concat"`` is DeSTSeg's
             architecture.
+        output_map: The map returned in eval mode: ``"segmentation"`` (default) or ``"dest"`` (the cosine-distance
+            map of the teacher's and the student decoder's features, computed as DeSTSeg's DeST map; inferred).
 
     Raises:
-        ValueError: If ``decoder_input`` or ``fusion`` is not one of the choices above.
+        ValueError: If ``decoder_input``, ``fusion`` or ``output_map`` is not one of the choices above.
 
     """
 
-    def __init__(self, top_k: int = 100, decoder_input: str = "teacher", fusion: str = "adaptive") -> None:
+    def __init__(
+        self,
+        top_k: int = 100,
+        decoder_input: str = "teacher",
+        fusion: str = "adaptive",
+        output_map: str = "segmentation",
+    ) -> None:
         check_choice("decoder_input", decoder_input, DECODER_INPUTS)
         check_choice("fusion", fusion, FUSIONS)
         plain_channels = sum(TEACHER_CHANNELS)
         in_channels = plain_channels + FUSION_WIDTH if fusion == "adaptive" else plain_channels
-        super().__init__(segmentation_in_channels=in_channels, top_k=top_k)
+        super().__init__(segmentation_in_channels=in_channels, top_k=top_k, output_map=output_map)
         self.decoder_input = decoder_input
         self.fusion = fusion
         self.fusion_bottleneck: MultiScaleFusionBottleneck | None = None

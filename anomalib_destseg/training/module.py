@@ -29,6 +29,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Resize
 
 from anomalib_destseg.components.loss import SegmentationLoss, StudentCosineLoss
+from anomalib_destseg.components.maps import SEGMENTATION_MAP, check_map_name, map_fields, other_map
 from anomalib_destseg.components.stage import Stage
 from anomalib_destseg.components.teacher import IMAGENET
 from anomalib_destseg.data.anomaly_generator import SyntheticAnomalyGenerator
@@ -72,6 +73,12 @@ class TwoStageTraining(ExportChecksMixin):
         momentum: SGD momentum of both stages.
         weight_decay: SGD weight decay of both stages.
         top_k: Image score = mean of the ``top_k`` largest anomaly-map values.
+        output_map: The anomaly map the model outputs (``anomaly_map``, ``pred_score``, and so thresholds, pictures
+            and exports): ``"segmentation"`` (the segmentation network's, the paper's DeSTSeg results) or ``"dest"``
+            (the teacher-student cosine-distance map, the paper's DeST results; PFADSeg's is inferred).
+        second_map: In test and predict runs, also compute the other map: it travels in the batch as
+            ``<name>_anomaly_map`` / ``<name>_pred_score`` (raw) and the default evaluator reports its image AUROC,
+            pixel AUROC, pixel AP, AUPRO, IAP and IAP@90 with the prefix ``DeST_`` (or ``Seg_``).
         focal_gamma: Focal loss gamma.
         anomaly_probability: Chance that a training image is corrupted (the reference corrupts every image).
         beta_range: Range of the blend factor beta; the texture's weight inside the mask is ``1 - beta``.
@@ -84,8 +91,9 @@ class TwoStageTraining(ExportChecksMixin):
             ResNet-18 state dict (``.pth`` read with ``weights_only=True``, or ``.safetensors``).
         checkpoint_every_n_steps: Write ``resume.ckpt`` (next to anomalib's checkpoint) at least every this many
             optimiser steps; 0 turns the step trigger off. It is also written at the end of stage 1 and on SIGTERM.
-        checkpoint_every_seconds: ... and at least every this many seconds of training; 0 turns the time trigger
-            off. With both triggers off no ``resume.ckpt`` is written at all.
+        checkpoint_every_seconds: Also write ``resume.ckpt`` at least every this many seconds of training (saves
+            are made at epoch ends where epochs are shorter than the interval, so that resuming is exact); 0 turns
+            the time trigger off. With both triggers off no ``resume.ckpt`` is written at all.
         pre_processor: Pre-processor or flag; the default resizes to 256x256 with antialiasing, without normalising.
         post_processor: Post-processor or flag; the default is anomalib's, keeping raw scores for the metrics.
         evaluator: Evaluator or flag; the default adds pixel AP, AUPRO, IAP and IAP@90 on raw scores.
@@ -106,6 +114,8 @@ class TwoStageTraining(ExportChecksMixin):
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
         top_k: int = 100,
+        output_map: Literal["segmentation", "dest"] = "segmentation",
+        second_map: bool = True,
         focal_gamma: float = 4.0,
         anomaly_probability: float = 1.0,
         beta_range: tuple[float, float] = (0.0, 0.8),
@@ -125,6 +135,7 @@ class TwoStageTraining(ExportChecksMixin):
             {"student_lr": student_lr, "residual_lr": residual_lr, "head_lr": head_lr}, momentum, weight_decay
         )
         check_rotation(rotation)
+        check_map_name(output_map)
         _check_checkpoint_interval(checkpoint_every_n_steps, checkpoint_every_seconds)
         super().__init__(
             pre_processor=pre_processor, post_processor=post_processor, evaluator=evaluator, visualizer=visualizer
@@ -179,12 +190,15 @@ class TwoStageTraining(ExportChecksMixin):
 
         return RawScorePostProcessor()
 
-    @staticmethod
-    def configure_evaluator() -> Evaluator:
-        """Anomalib's default test metrics plus pixel AP, AUPRO (FPR limit 0.3), IAP and IAP@90, on raw scores."""
+    def configure_evaluator(self) -> Evaluator:
+        """Anomalib's default test metrics plus pixel AP, AUPRO (FPR limit 0.3), IAP and IAP@90, on raw scores.
+
+        With ``second_map`` (the default) also the paper's metrics of the map that is not the output, prefixed.
+        """
         from anomalib_destseg.metrics import paper_evaluator
 
-        return paper_evaluator()
+        hp = self.hparams
+        return paper_evaluator(second_map=other_map(hp.output_map) if hp.second_map else None)
 
     def configure_callbacks(self) -> list[Callback]:
         """Anomalib's components, then teacher weights, data checks, anomaly stream, progress, guard, checkpoints."""
@@ -287,6 +301,44 @@ class TwoStageTraining(ExportChecksMixin):
         """Predict scores and maps for the validation batch (used for thresholds)."""
         del args, kwargs
         return batch.update(**self.model(batch.image)._asdict())
+
+    # --- the two anomaly maps -----------------------------------------------------------------------------------
+    def test_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """The output map as ``anomaly_map`` / ``pred_score``; with ``second_map`` the other one beside it."""
+        del args, kwargs
+        return self._predict_maps(batch)
+
+    def predict_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """As :meth:`test_step`: the output map, and with ``second_map`` the other one beside it."""
+        del args, kwargs
+        return self._predict_maps(batch)
+
+    def _predict_maps(self, batch: Batch) -> Batch:
+        output = self.model.output_map
+        if not self.hparams.second_map:
+            return batch.update(**self.model(batch.image)._asdict())
+        second = other_map(output)
+        predictions = self.model.predict_maps(batch.image, (output, second))
+        batch.update(**predictions[output]._asdict())
+        # anomalib's batch fields are fixed: the second map is an attribute, shaped as the batch shapes anomaly_map
+        score_field, map_field = map_fields(second)
+        setattr(batch, score_field, predictions[second].pred_score)
+        setattr(batch, map_field, predictions[second].anomaly_map.reshape(batch.anomaly_map.shape))
+        return batch
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Warn when the checkpoint's thresholds were set on the other map (``output_map`` changed on loading)."""
+        super().on_load_checkpoint(checkpoint)
+        saved = (checkpoint.get("hyper_parameters") or {}).get("output_map", SEGMENTATION_MAP)
+        if saved != self.hparams.output_map and self.post_processor is not None:
+            logger.warning(
+                "%s: the checkpoint's thresholds and score normalisation were set on the %r map, but this model "
+                "outputs the %r map. Run Engine.validate (as training does) before relying on its labels, masks or "
+                "normalised scores; the metrics on raw scores are not affected.",
+                self.name,
+                saved,
+                self.hparams.output_map,
+            )
 
 
 def _check_schedule(student_steps: int, segmentation_steps: int) -> None:

@@ -69,18 +69,21 @@ def _is_png(path: Path) -> bool:
 
 
 # --- end to end ---------------------------------------------------------------------------------------------------
-def test_two_models_write_tables_plots_and_maps(
+def test_three_models_write_tables_plots_and_maps_with_both_maps_of_the_two_stage_models(
     tiny_dataset: Path, offline_hub: dict, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     output = tmp_path / "bench"
-    arguments = ["--root", str(tiny_dataset), "--categories", "synthetic", "--models", "Patchcore", "destseg"]
+    models = ["--models", "Patchcore", "destseg", "PFADSeg"]
+    arguments = ["--root", str(tiny_dataset), "--categories", "synthetic", *models]
     code = main([*arguments, *TINY, "--batch-size", "2", "--output-dir", str(output)])
     assert code == 0
 
     columns, rows = _read_csv(output / "results.csv")
     assert columns[:9] == REQUIRED_COLUMNS
     assert columns == list(CSV_COLUMNS)
-    assert list(rows) == ["DeSTSeg", "Patchcore"]  # report order, whatever the command-line order
+    second_rows = ["DeSTSeg (DeST map)", "PFADSeg (student-teacher map)"]
+    # report order, whatever the command-line order; each two-stage model's DeST map right after it
+    assert list(rows) == ["DeSTSeg", second_rows[0], "PFADSeg", second_rows[1], "Patchcore"]
     for model, row in rows.items():
         assert row["status"] == "ok", (model, row["error"])
         assert row["category"] == "synthetic"
@@ -90,8 +93,27 @@ def test_two_models_write_tables_plots_and_maps(
         assert float(row["infer_img_per_s"]) > 0
         assert 0.1 < float(row["peak_rss_gb"]) < 64  # a process that imported torch, measured per run
 
+    assert sorted(path.name for path in (output / "runs" / "synthetic").iterdir()) == [
+        "DeSTSeg",
+        "PFADSeg",
+        "Patchcore",
+    ]
+    for model, second in zip(["DeSTSeg", "PFADSeg"], second_rows, strict=True):
+        result = json.loads((output / "runs" / "synthetic" / model / "result.json").read_text())
+        # the second row is the same run's DeST_ metrics, its fit time, and the timed forward of the DeST map
+        assert float(rows[second]["image_AUROC"]) == pytest.approx(result["metrics"]["DeST_image_AUROC"], rel=1e-5)
+        assert float(rows[second]["pixel_AP"]) == pytest.approx(result["metrics"]["DeST_pixel_AUPR"], rel=1e-5)
+        assert float(rows[second]["IAP90"]) == pytest.approx(result["metrics"]["DeST_pixel_IAP90"], rel=1e-5)
+        assert float(rows[model]["pixel_AP"]) == pytest.approx(result["metrics"]["pixel_AUPR"], rel=1e-5)
+        assert rows[second]["fit_s"] == rows[model]["fit_s"]
+        second_speed = result["second_map"]["infer_img_per_s"]
+        assert float(rows[second]["infer_img_per_s"]) == pytest.approx(second_speed, rel=1e-5)
+
     markdown = (output / "results.md").read_text()
     assert "| synthetic | DeSTSeg |" in markdown
+    assert "| synthetic | DeSTSeg (DeST map) |" in markdown
+    assert "| synthetic | PFADSeg (student-teacher map) |" in markdown
+    assert "the same trained model as the row above it (no retraining)" in markdown
     assert "| synthetic | Patchcore |" in markdown
     assert "identical conv1..layer3 tensors" in markdown  # the same ImageNet weights for both families
     for name in ("metrics.png", "costs.png", "anomaly_maps_synthetic.png"):
@@ -104,12 +126,17 @@ def test_two_models_write_tables_plots_and_maps(
     assert summary["protocol"]["models"]["DeSTSeg"]["student_steps"] == 1
     assert "--steps 1 1" in summary["overrides"]
     run_files = {path.name for path in (output / "runs" / "synthetic" / "DeSTSeg").iterdir()}
-    assert run_files == {"spec.json", "result.json", "run.log", "predictions.npz"}  # no checkpoint left behind
+    # no checkpoint left behind; the DeST map's panel maps beside the segmentation map's
+    assert run_files == {"spec.json", "result.json", "run.log", "predictions.npz", "predictions_dest.npz"}
+    assert [run["model"] for run in summary["runs"]] == list(rows)
 
     # Each run saved the maps of the same test images at the common image size.
-    saved = {m: np.load(output / "runs" / "synthetic" / m / "predictions.npz") for m in ("DeSTSeg", "Patchcore")}
+    files = {m: output / "runs" / "synthetic" / m / "predictions.npz" for m in ("DeSTSeg", "Patchcore")}
+    files["DeST map"] = output / "runs" / "synthetic" / "DeSTSeg" / "predictions_dest.npz"
+    saved = {m: np.load(path) for m, path in files.items()}
     paths = [list(data["image_paths"]) for data in saved.values()]
-    assert paths[0] == paths[1]
+    assert paths[0] == paths[1] == paths[2]
+    assert not np.allclose(saved["DeST map"]["anomaly_maps"], saved["DeSTSeg"]["anomaly_maps"])
     assert len(paths[0]) == 3
     assert sorted(data["labels"].tolist() for data in saved.values())[0] == [1, 1, 0]
     for data in saved.values():
@@ -147,6 +174,8 @@ def test_failed_run_is_reported_and_the_other_model_kept(tiny_dataset: Path, off
     assert rows["DeSTSeg"]["error"].startswith("ValueError: ")
     assert "at least 2 images" in rows["DeSTSeg"]["error"]
     assert rows["DeSTSeg"]["image_AUROC"] == ""
+    assert rows["DeSTSeg (DeST map)"]["status"] == "failed"  # the same run: it failed too, with the same error
+    assert rows["DeSTSeg (DeST map)"]["error"] == rows["DeSTSeg"]["error"]
     assert (output / "runs" / "synthetic" / "DeSTSeg" / "run.log").read_text().count("Traceback") >= 1
 
     patchcore = rows["Patchcore"]

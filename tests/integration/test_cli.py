@@ -121,6 +121,63 @@ def test_cli_validate_test_predict_and_export_a_fitted_checkpoint(
     assert not any(parameter.requires_grad for parameter in loaded.parameters())
 
 
+def test_cli_output_map_from_a_flag_and_a_config_file(
+    fitted: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--model.output_map dest`` swaps the maps of the same checkpoint in test (thresholds: a warning)."""
+    name = "PFADSeg" if "PFADSeg" in fitted.parts else "DeSTSeg"
+    model = ["--model", f"anomalib_destseg.{name}", "--model.visualizer", "false", "--ckpt_path", str(fitted)]
+    common = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]
+    data = ["--data", "anomalib.data.MVTecAD", "--data.root", str(tiny_dataset), "--data.category", "synthetic"]
+    data += ["--data.num_workers", "0", "--default_root_dir", str(tmp_path)]
+    default = AnomalibCLI(["test", *model, *common, *data]).engine.trainer.callback_metrics
+    with caplog.at_level("WARNING"):
+        cli = AnomalibCLI(["test", *model, "--model.output_map", "dest", *common, *data])
+    assert cli.model.hparams.output_map == "dest" and cli.model.model.output_map == "dest"
+    assert "set on the 'segmentation' map, but this model outputs the 'dest' map" in caplog.text
+    swapped = cli.engine.trainer.callback_metrics
+    assert {"Seg_pixel_AUPRO", "Seg_pixel_IAP90"} <= swapped.keys() and "DeST_image_AUROC" not in swapped
+    for metric in ("image_AUROC", "pixel_AUROC", "pixel_AUPR", "pixel_AUPRO", "pixel_IAP"):
+        assert float(swapped[metric]) == pytest.approx(float(default[f"DeST_{metric}"]), abs=1e-6), metric
+        assert float(swapped[f"Seg_{metric}"]) == pytest.approx(float(default[metric]), abs=1e-6), metric
+
+
+def test_cli_output_map_from_a_config_file_reaches_the_checkpoint_and_the_export(
+    tiny_dataset: Path, teacher_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A config file's ``output_map: dest`` trains, is saved in the checkpoint, and ``anomalib export`` keeps it.
+
+    (``anomalib export --ckpt_path`` rebuilds the model from the checkpoint's own arguments, as anomalib's
+    ``Engine.export`` does: the map is the one the checkpoint was trained or validated with.)
+    """
+    init_args = {"output_map": "dest", "teacher_weights": str(teacher_weights), "visualizer": False}
+    init_args |= {"student_steps": 1, "segmentation_steps": 1}
+    (tmp_path / "dest.yaml").write_text(
+        yaml.safe_dump({"model": {"class_path": "anomalib_destseg.DeSTSeg", "init_args": init_args}})
+    )
+    data = ["--data", "anomalib.data.MVTecAD", "--data.root", str(tiny_dataset), "--data.category", "synthetic"]
+    data += ["--data.train_batch_size", "4", "--data.eval_batch_size", "4", "--data.num_workers", "0"]
+    cli = AnomalibCLI(
+        ["fit", "--config", str(tmp_path / "dest.yaml"), *data, *SMALL, "--default_root_dir", str(tmp_path)]
+    )
+    assert cli.model.model.output_map == "dest"
+    (checkpoint,) = tmp_path.rglob("model.ckpt")
+    assert DeSTSeg.load_from_checkpoint(checkpoint).model.output_map == "dest"
+    # test (like validate and predict) builds the model from the command line and loads the weights into it
+    test = ["test", "--model", "anomalib_destseg.DeSTSeg", "--model.output_map", "dest", "--ckpt_path", str(checkpoint)]
+    test += [*data[:6], "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+    test += ["--data.num_workers", "0", "--default_root_dir", str(tmp_path / "test")]
+    with caplog.at_level("WARNING"):
+        metrics = AnomalibCLI(test).engine.trainer.callback_metrics
+    assert {"image_AUROC", "Seg_image_AUROC", "Seg_pixel_IAP90"} <= metrics.keys()
+    assert "thresholds and score normalisation were set on" not in caplog.text  # the same map as the checkpoint's
+    export = ["export", "--model", "anomalib_destseg.DeSTSeg", "--export_type", "torch", "--ckpt_path", str(checkpoint)]
+    AnomalibCLI([*export, "--default_root_dir", str(tmp_path / "export")])
+    (exported,) = (tmp_path / "export").rglob("weights/torch/model.pt")
+    loaded = torch.load(exported, map_location="cpu", weights_only=False)["model"]
+    assert loaded.model.output_map == "dest"
+
+
 def test_cli_trains_on_a_training_set_smaller_than_the_batch(
     teacher_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

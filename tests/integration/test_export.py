@@ -5,7 +5,9 @@ module) and OpenVINO with a static 64x64 input (the default pre-processor, Resiz
 DeSTSeg also ONNX of the same weights without a pre-processor, so that batch, height and width are all dynamic
 (height and width multiples of 32); the OpenVINO export of every class goes through ONNX as well. Exports are traced
 with batch 2 and checked at other batch sizes. Tracing a 35M-parameter model costs about 15 s of CPU per export, so
-the ONNX file checks and the INT8 quantisation run once (DeSTSeg), on the shared export code.
+the ONNX file checks and the INT8 quantisation run once (DeSTSeg), on the shared export code. Each class is also
+exported with ``output_map="dest"`` (its DeST map as the output), with the same parity checks; the export with the
+resizing pre-processor, the step counter and INT8 are checked on the default map only.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from anomalib_destseg.export import UntrainedExportWarning
 from anomalib_destseg.inference import VARIANTS, CPUInferenceModel, OpenVINOModel, build_variant
 
 MODEL_CLASSES = [DeSTSeg, PFADSeg]
+EXPORTED = [(DeSTSeg, "segmentation"), (PFADSeg, "segmentation"), (DeSTSeg, "dest"), (PFADSeg, "dest")]
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 MAP_TOLERANCE = 1e-4
 
@@ -41,13 +44,18 @@ def _datamodule(root: Path) -> MVTecAD:
     return MVTecAD(root=root, category="synthetic", train_batch_size=4, eval_batch_size=4, num_workers=0, seed=0)
 
 
-@pytest.fixture(scope="module", params=MODEL_CLASSES, ids=lambda cls: cls.__name__)
+@pytest.fixture(scope="module", params=EXPORTED, ids=lambda param: f"{param[0].__name__}-{param[1]}")
 def exported(request: pytest.FixtureRequest, tiny_dataset: Path, teacher_weights: Path, tmp_path_factory) -> dict:
     """Train one tiny model of the class and export it to torch, OpenVINO (static 64x64) and ONNX (dynamic)."""
-    model_class = request.param
-    root = tmp_path_factory.mktemp(f"export_{model_class.__name__}")
+    model_class, output_map = request.param
+    root = tmp_path_factory.mktemp(f"export_{model_class.__name__}_{output_map}")
     torch.manual_seed(0)
-    kwargs = {"student_steps": 2, "segmentation_steps": 2, "teacher_weights": str(teacher_weights)}
+    kwargs = {
+        "student_steps": 2,
+        "segmentation_steps": 2,
+        "teacher_weights": str(teacher_weights),
+        "output_map": output_map,
+    }
     model = model_class(**kwargs, pre_processor=model_class.configure_pre_processor((TINY_SIZE, TINY_SIZE)))
     model.visualizer = None
     engine = _engine(root)
@@ -69,10 +77,13 @@ def exported(request: pytest.FixtureRequest, tiny_dataset: Path, teacher_weights
         onnx_path = engine.export(bare, ExportType.ONNX, export_root=root / "onnx") if model_class is DeSTSeg else None
         # With the resizing pre-processor and free height and width: takes full-size images.
         resizing_path = (
-            engine.export(model, ExportType.ONNX, export_root=root / "resizing") if model_class is DeSTSeg else None
+            engine.export(model, ExportType.ONNX, export_root=root / "resizing")
+            if model_class is DeSTSeg and output_map == "segmentation"
+            else None
         )
     return {
         "model": model,
+        "output_map": output_map,
         "bare": bare,
         "torch": torch_path,
         "openvino": openvino_path,
@@ -135,6 +146,22 @@ def test_torch_inferencer_predicts_with_the_torch_export(exported: dict, images:
     assert not prediction.anomaly_map.requires_grad
     _assert_same_predictions(prediction, _reference(exported["model"], batch), batch=3)
     assert all(p.requires_grad for p in exported["model"].model.student_decoder.parameters())  # model untouched
+
+
+def test_the_exports_output_the_chosen_map(exported: dict, openvino_f32: OpenVINOInferencer, images) -> None:
+    """The exported map is the ``output_map`` one (the other differs), and the export's outputs are only anomalib's."""
+    model = exported["model"]
+    subset = images[:2]
+    with torch.no_grad():
+        both = model.model.predict_maps(subset)
+        expected = model.post_processor(both[exported["output_map"]])
+    other = "dest" if exported["output_map"] == "segmentation" else "segmentation"
+    assert (both[other].anomaly_map - both[exported["output_map"]].anomaly_map).abs().max() > 1e-3
+    _assert_same_predictions(openvino_f32.predict(subset.numpy()), expected, batch=2)
+    loaded = torch.load(exported["torch"], map_location="cpu", weights_only=False)["model"]
+    assert loaded.model.output_map == exported["output_map"]
+    names = {output.get_any_name() for output in openvino_f32.model.outputs}
+    assert names == {"pred_score", "pred_label", "anomaly_map", "pred_mask"}
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -241,7 +268,7 @@ def test_exporting_an_untrained_model_warns(model_class, teacher_weights: Path, 
 def test_the_step_count_survives_checkpoints(exported: dict) -> None:
     """Loaded from its checkpoint, the trained model exports silently; an older checkpoint uses its global_step."""
     model_class = type(exported["model"])
-    if model_class is not DeSTSeg:
+    if model_class is not DeSTSeg or exported["output_map"] != "segmentation":
         pytest.skip("the step counter lives in the shared Lightning module: checked once (DeSTSeg)")
     checkpoint_path = Path(exported["checkpoint"])
     loaded = model_class.load_from_checkpoint(checkpoint_path, weights_only=False)
@@ -285,7 +312,7 @@ def test_channels_last_matches_and_bf16_stays_close(exported: dict, images: torc
 def test_torch_compile_matches_fp32_and_keeps_the_original(exported: dict, images: torch.Tensor) -> None:
     """Inductor folds BatchNorm into the convolutions: the same predictions up to float32 rounding."""
     model = exported["model"]
-    if not isinstance(model, DeSTSeg):  # compiling takes a minute; the wrapper is the same for every model
+    if not isinstance(model, DeSTSeg) or exported["output_map"] != "segmentation":  # compiling takes a minute
         pytest.skip("torch.compile is checked on DeSTSeg only, to keep the suite short")
     expected = _reference(model, images)
     compiled = build_variant("torch_compile", model)
@@ -328,7 +355,7 @@ def test_int8_post_training_quantisation_of_the_exported_ir(
     """
     import openvino as ov
 
-    if type(exported["model"]) is not DeSTSeg:
+    if type(exported["model"]) is not DeSTSeg or exported["output_map"] != "segmentation":
         pytest.skip("INT8 quantisation is checked once (DeSTSeg); PFADSeg exports through the same code")
     core = ov.Core()
     quantised = exported["model"]._compress_ov_model(

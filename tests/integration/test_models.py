@@ -287,6 +287,44 @@ def test_image_auroc_is_computed_on_the_raw_scores(run: Run) -> None:
     assert results["image_AUROC"] == pytest.approx(BinaryAUROC()(raw, labels).item(), abs=1e-6)
 
 
+SECOND_MAP_METRICS = ["image_AUROC", "pixel_AUROC", "pixel_AUPR", "pixel_AUPRO", "pixel_IAP", "pixel_IAP90"]
+
+
+def test_one_test_run_reports_both_maps(run: Run) -> None:
+    """The DeST map travels in the test and predict batches (raw) and gets the paper's metrics, prefixed DeST_."""
+    from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
+
+    (results,) = run.test_results
+    assert {f"DeST_{name}" for name in SECOND_MAP_METRICS} <= results.keys()
+    assert not {"DeST_image_F1Score", "Seg_image_AUROC"} & results.keys()
+    labels = torch.cat([batch.gt_label for batch in run.predictions])
+    dest_scores = torch.cat([batch.dest_pred_score for batch in run.predictions])
+    assert results["DeST_image_AUROC"] == pytest.approx(BinaryAUROC()(dest_scores, labels).item(), abs=1e-6)
+    dest_maps = torch.cat([batch.dest_anomaly_map for batch in run.predictions])
+    masks = torch.cat([batch.gt_mask for batch in run.predictions]).int()
+    pixel_ap = BinaryAveragePrecision()(dest_maps.flatten(), masks.flatten()).item()
+    assert results["DeST_pixel_AUPR"] == pytest.approx(pixel_ap, abs=1e-5)
+    batch = run.predictions[0]
+    model = run.model.eval()
+    with torch.no_grad():
+        dest = model.model.predict_maps(batch.image, ("dest",))["dest"]
+        segmentation = model.model(batch.image)
+    assert batch.dest_anomaly_map.shape == batch.anomaly_map.shape == (len(batch.image), TINY_SIZE, TINY_SIZE)
+    torch.testing.assert_close(batch.dest_anomaly_map, dest.anomaly_map[:, 0])  # raw: never normalised
+    torch.testing.assert_close(batch.dest_pred_score, dest.pred_score)
+    torch.testing.assert_close(batch.raw_anomaly_map, segmentation.anomaly_map[:, 0])  # the output map
+
+
+def test_the_second_map_can_be_switched_off(run: Run, tmp_path: Path) -> None:
+    """``second_map=False``: no DeST fields, no DeST_ metrics, the output map's metrics unchanged."""
+    model_class = type(run.model)
+    model = model_class.load_from_checkpoint(run.engine.best_model_path, second_map=False, visualizer=False)
+    (results,) = _engine(tmp_path).test(model, datamodule=run.datamodule)
+    assert not any(name.startswith(("DeST_", "Seg_")) for name in results)
+    assert results["image_AUROC"] == pytest.approx(run.test_results[0]["image_AUROC"], abs=1e-6)
+    assert results["pixel_AUPRO"] == pytest.approx(run.test_results[0]["pixel_AUPRO"], abs=1e-6)
+
+
 def test_checkpoint_round_trip(run: Run) -> None:
     loaded = type(run.model).load_from_checkpoint(run.engine.best_model_path, weights_only=True)  # as anomalib 2.7
     assert loaded.hparams.student_steps == STUDENT_STEPS

@@ -1,4 +1,4 @@
-"""DeSTSeg's torch model: shapes, sizes, modes, scoring and input checks."""
+"""DeSTSeg's torch model: shapes, sizes, modes, scoring (both maps), float32 outputs under autocast, input checks."""
 
 from pathlib import Path
 
@@ -8,7 +8,7 @@ from anomalib.data import InferenceBatch
 from torch.nn import functional as F  # noqa: N812
 
 from anomalib_destseg import DeSTSegModel
-from anomalib_destseg.components import segmentation_input
+from anomalib_destseg.components import SegmentationNetwork, dest_map, segmentation_input
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,63 @@ def test_eval_output_is_the_upsampled_segmentation_and_its_top_k_mean(model: DeS
     torch.testing.assert_close(output.anomaly_map, expected_map)
     top = expected_map.flatten(1).sort(dim=1, descending=True).values[:, :100]
     torch.testing.assert_close(output.pred_score, top.mean(dim=1))
+
+
+def test_dest_map_is_the_product_of_the_levels_cosine_distances() -> None:
+    """Hand-computed: level 1 orthogonal (distance 1) on its left half, level 2 opposite (2) everywhere -> 2 and 0."""
+    teacher = [torch.zeros(1, 2, 4, 4), torch.ones(1, 3, 2, 2)]
+    teacher[0][:, 0] = 1.0
+    student = [teacher[0].clone(), -torch.ones(1, 3, 2, 2)]
+    student[0][:, :, :, :2] = torch.tensor([0.0, 3.0]).view(1, 2, 1, 1)  # orthogonal to (1, 0) on the left half
+    expected = torch.tensor([2.0, 2.0, 0.0, 0.0]).expand(4, 4).reshape(1, 1, 4, 4)
+    torch.testing.assert_close(dest_map(teacher, student), expected)
+    with pytest.raises(ValueError, match="2 teacher levels but 1 student"):
+        dest_map(teacher, student[:1])
+
+
+def test_output_map_dest_returns_the_upsampled_dest_map_and_its_top_k_mean(model: DeSTSegModel) -> None:
+    images = torch.rand(2, 3, 64, 64)
+    model.output_map = "dest"
+    try:
+        with torch.no_grad():
+            output = model(images)
+            teacher, student = model.encode(images)
+            both = model.predict_maps(images)
+            segmentation = model.predict_maps(images, ("segmentation",))
+    finally:
+        model.output_map = "segmentation"
+    expected_map = F.interpolate(dest_map(teacher, student), size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(output.anomaly_map, expected_map)
+    top = expected_map.flatten(1).sort(dim=1, descending=True).values[:, :100]
+    torch.testing.assert_close(output.pred_score, top.mean(dim=1))
+    assert list(both) == ["segmentation", "dest"] and list(segmentation) == ["segmentation"]
+    torch.testing.assert_close(both["dest"].anomaly_map, output.anomaly_map)
+    with torch.no_grad():
+        torch.testing.assert_close(both["segmentation"].anomaly_map, model(images).anomaly_map)
+    assert not torch.equal(both["dest"].anomaly_map, both["segmentation"].anomaly_map)
+
+
+def test_unknown_map_names_are_refused(model: DeSTSegModel) -> None:
+    with pytest.raises(ValueError, match="output_map must be one of 'segmentation', 'dest'; got 'DeST'"):
+        DeSTSegModel(output_map="DeST")
+    with pytest.raises(ValueError, match="maps must be one of 'segmentation', 'dest'; got 'st'"):
+        model.predict_maps(torch.rand(1, 3, 64, 64), ("st",))
+
+
+def test_both_maps_and_the_sigmoid_are_float32_under_bf16_autocast(model: DeSTSegModel) -> None:
+    """The sigmoid of a logit above 6.25 is not rounded to 1.0 (bf16 would), and the DeST product keeps float32."""
+    network = SegmentationNetwork(in_channels=8).eval()
+    with torch.no_grad():
+        network.head[-1].bias.fill_(8.0)  # logits near 8: sigmoid 0.99966, which bf16 rounds to 1.0
+        network.head[-1].weight.mul_(1e-3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert network.logits(torch.rand(1, 8, 8, 8)).dtype == torch.bfloat16  # the convolutions run in bf16
+            probabilities = network(torch.rand(1, 8, 8, 8))
+            both = model.predict_maps(torch.rand(1, 3, 64, 64))
+    assert probabilities.dtype == torch.float32
+    assert (probabilities < 1.0).all() and (probabilities > 0.999).all()
+    for output in both.values():
+        assert output.anomaly_map.dtype == torch.float32 and output.pred_score.dtype == torch.float32
 
 
 def test_top_k_is_configurable() -> None:

@@ -62,8 +62,8 @@ def _n(x: torch.Tensor) -> torch.Tensor:
     return x / (torch.sqrt((x**2).sum(dim=1, keepdim=True)) + 1e-12)
 
 
-def reference_forward(s: dict, images: torch.Tensor, top_k: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anomaly map (input size) and image score of the reference model with reference-named tensors ``s``."""
+def _reference_features(s: dict, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Teacher and student features (finest first) of the reference model with reference-named tensors ``s``."""
     x = (images - MEAN) / STD
     teacher = _resnet(x, s, "teacher_net.encoder.", 3)
     e4 = _resnet(x, s, "student_net.encoder.", 4)[3]
@@ -73,6 +73,31 @@ def reference_forward(s: dict, images: torch.Tensor, top_k: int = 100) -> tuple[
         d = _up(d, target.shape[-2:])
         d = _block(_block(d, s, f"student_net.decoder_layer{level}.0."), s, f"student_net.decoder_layer{level}.1.")
         student.insert(0, d)
+    return teacher, student
+
+
+def _top_mean(anomaly_map: torch.Tensor, top_k: int) -> torch.Tensor:
+    return anomaly_map.flatten(1).sort(dim=1, descending=True).values[:, :top_k].mean(dim=1)
+
+
+def reference_dest_forward(s: dict, images: torch.Tensor, top_k: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's second output (DeST) at the input's size, and its image score, at inference.
+
+    At inference the reference passes the same image as corrupted and clean input: per level, 1 minus the channel sum
+    of the L2-normalised student and teacher features; every level (the first included) resized bilinearly to the
+    first level's size, the three stacked and multiplied; resized to the input like the segmentation map; score =
+    mean of the top ``top_k`` values of the sorted map.
+    """
+    teacher, student = _reference_features(s, images)
+    size = teacher[0].shape[-2:]
+    levels = [_up(1 - (_n(st) * _n(t)).sum(dim=1, keepdim=True), size) for t, st in zip(teacher, student, strict=True)]
+    dest = _up(torch.cat(levels, dim=1).prod(dim=1, keepdim=True), images.shape[-2:])
+    return dest, _top_mean(dest, top_k)
+
+
+def reference_forward(s: dict, images: torch.Tensor, top_k: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anomaly map (input size) and image score of the reference model with reference-named tensors ``s``."""
+    teacher, student = _reference_features(s, images)
     size = teacher[0].shape[-2:]
     features = torch.cat([_up(-_n(t) * _n(st), size) for t, st in zip(teacher, student, strict=True)], dim=1)
     r = _block(_block(features, s, "segmentation_net.res.0."), s, "segmentation_net.res.1.")
@@ -85,8 +110,7 @@ def reference_forward(s: dict, images: torch.Tensor, top_k: int = 100) -> tuple[
     a = F.relu(_bn(_conv(torch.cat(branches, dim=1), s, fusion + "conv.", 1, 1), s, fusion + "norm."))
     h = F.relu(_bn(_conv(a, s, "segmentation_net.head.1.", 1, 1), s, "segmentation_net.head.2."))
     anomaly_map = _up(torch.sigmoid(_conv(h, s, "segmentation_net.head.4.")), images.shape[-2:])
-    score = anomaly_map.flatten(1).sort(dim=1, descending=True).values[:, :top_k].mean(dim=1)
-    return anomaly_map, score
+    return anomaly_map, _top_mean(anomaly_map, top_k)
 
 
 # --- reference-like state dicts ----------------------------------------------------------------------------------
@@ -149,6 +173,27 @@ def test_imported_model_matches_the_reference_forward(reference_file: Path) -> N
     assert (output.pred_score - expected_score).abs().max().item() < 1e-5
     assert bool(model.model.teacher.pretrained)
     assert model.training_progress() == (5000, 5000)  # exports do not warn
+
+
+def test_the_dest_map_matches_the_reference_definition(tmp_path: Path) -> None:
+    """Same weights: the DeST map and score (output or second map) equal the reference's second output within 1e-5."""
+    state = _reference_state_from_model()
+    path = _save(state, tmp_path / "reference.pckl")
+    images = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(2))
+    expected_map, expected_score = reference_dest_forward(state, images)
+    assert expected_map.std() > 1e-3  # the levels disagree: not a constant map
+    model = DeSTSeg.from_reference_checkpoint(path, output_map="dest").eval()
+    assert model.model.output_map == "dest"
+    with torch.no_grad():
+        output = model.model(images)
+        both = model.model.predict_maps(images)
+    for actual in (output, both["dest"]):
+        assert actual.anomaly_map.shape == (2, 1, 64, 96)
+        assert (actual.anomaly_map - expected_map).abs().max().item() < 1e-5
+        assert (actual.pred_score - expected_score).abs().max().item() < 1e-5
+    segmentation_map, segmentation_score = reference_forward(state, images)  # the other map of the same pass
+    assert (both["segmentation"].anomaly_map - segmentation_map).abs().max().item() < 1e-5
+    assert (both["segmentation"].pred_score - segmentation_score).abs().max().item() < 1e-5
 
 
 def test_import_works_without_the_key_list(tmp_path: Path) -> None:

@@ -475,3 +475,21 @@ def test_the_paper_evaluator_falls_back_to_post_processed_scores_with_a_warning(
         evaluator.on_test_batch_end(None, None, batch, batch, 0)
     assert "kept no raw scores" in caplog.text
     assert evaluator.test_metrics[0].compute().item() == pytest.approx(0.625)
+
+
+def test_the_second_maps_metrics_read_its_raw_fields_and_a_batch_without_it_is_refused() -> None:
+    """DeST scores 0.3, 0.35, 0.4, 0.2 (labels 0, 1, 0, 1): image AUROC 0.25 by hand (1 of 4 pairs ordered right)."""
+    batch = _post_processed_batch(RawScorePostProcessor())
+    batch.dest_pred_score = torch.tensor([0.3, 0.35, 0.4, 0.2])
+    batch.dest_anomaly_map = torch.zeros(4, 1, 8, 8)  # no gt_mask: the pixel metrics skip the batch
+    evaluator = paper_evaluator(second_map="dest")
+    evaluator.on_test_batch_end(None, None, batch, batch, 0)
+    by_name = {metric.name: metric for metric in evaluator.test_metrics}
+    assert by_name["image_AUROC"].compute().item() == pytest.approx(0.75)  # the output map's, as before
+    assert by_name["DeST_image_AUROC"].compute().item() == pytest.approx(0.25)
+    assert by_name["DeST_pixel_AUROC"].compute() is None
+    missing = _post_processed_batch(RawScorePostProcessor())
+    with pytest.raises(ValueError, match=r"does not carry it \(dest_anomaly_map\): test with the model's second_map"):
+        evaluator.on_test_batch_end(None, None, missing, missing, 0)
+    with pytest.raises(ValueError, match="second_map must be one of"):
+        paper_evaluator(second_map="DeST")

@@ -33,6 +33,7 @@ RECIPE = [name for name in inspect.signature(TwoStageTraining.__init__).paramete
         ({"momentum": 1.0}, "momentum"),
         ({"top_k": 0}, "top_k"),
         ({"focal_gamma": -1.0}, "gamma"),
+        ({"output_map": "DeST"}, "output_map must be one of 'segmentation', 'dest'"),
     ],
 )
 @pytest.mark.parametrize("model_class", [DeSTSeg, PFADSeg])
@@ -60,6 +61,22 @@ def test_every_argument_is_declared_once_and_reaches_both_models() -> None:
         "concat",
         0.05,
     )
+
+
+@pytest.mark.parametrize("model_class", [DeSTSeg, PFADSeg])
+def test_output_map_reaches_the_torch_model_and_names_the_second_maps_metrics(model_class: type) -> None:
+    default = model_class()
+    assert default.model.output_map == "segmentation"
+    names = [metric.name for metric in default.evaluator.test_metrics]
+    second = ["image_AUROC", "pixel_AUROC", "pixel_AUPR", "pixel_AUPRO", "pixel_IAP", "pixel_IAP90"]
+    assert names[8:] == [f"DeST_{name}" for name in second]
+    assert default.evaluator.test_metrics[9].fields == ["dest_anomaly_map", "gt_mask"]
+    dest = model_class(output_map="dest")
+    assert dest.model.output_map == "dest"
+    assert [metric.name for metric in dest.evaluator.test_metrics][8:] == [f"Seg_{name}" for name in second]
+    assert dest.evaluator.test_metrics[8].fields == ["segmentation_pred_score", "gt_label"]
+    alone = model_class(output_map="dest", second_map=False)
+    assert len(alone.evaluator.test_metrics) == 8 and alone.evaluator.second_map is None
 
 
 def test_anomalib_lists_and_builds_both_models_by_name() -> None:
