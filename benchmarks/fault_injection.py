@@ -69,13 +69,13 @@ class Run:
         """Whether it trained to the planned step."""
         return any(line.startswith("FINISHED") for line in self.lines)
 
-    def saw(self) -> str:
+    def saw(self, scratch: Path) -> str:
         """The last line a user would read as the reason it stopped (or a note that it said nothing)."""
         if self.returncode < 0:
             return f"nothing (killed by {signal.Signals(-self.returncode).name})"
         said = [line.strip() for line in self.lines if any(marker in line for marker in SAW_MARKERS)]
         said = [line for line in said if not line.startswith(("Traceback", "File "))]
-        return said[-1][:300] if said else "nothing"
+        return said[-1].replace(str(scratch), "<scratch>")[:400] if said else "nothing"
 
 
 class Harness:
@@ -163,7 +163,9 @@ def files_intact(folder: Path) -> str:
 def interrupted_then_resumed(harness: Harness, fault: str, case: Path, first: Run, resume_from: Path | None) -> Row:
     """Resume a struck run from ``resume_from`` and describe the outcome."""
     if resume_from is None or not resume_from.is_file():
-        return Row(fault, f"step {first.last_step}", "nothing to resume from", "no", "-", "-", first.saw(), "-")
+        return Row(
+            fault, f"step {first.last_step}", "nothing to resume from", "no", "-", "-", first.saw(harness.work), "-"
+        )
     held = checkpoint_step(resume_from)
     second = harness.run(case, "--resume", str(resume_from))
     weights = harness.compare(case) if second.finished else "-"
@@ -171,10 +173,10 @@ def interrupted_then_resumed(harness: Harness, fault: str, case: Path, first: Ru
         fault,
         f"step {first.last_step}",
         f"{resume_from.name} (step {held})",
-        "yes" if second.finished else f"no: {second.saw()}",
+        "yes" if second.finished else f"no: {second.saw(harness.work)}",
         weights,
         str(first.last_step - held),
-        first.saw(),
+        first.saw(harness.work),
         files_intact(case),
     )
 
@@ -243,7 +245,9 @@ def disk_full(harness: Harness, freed: bool) -> Row:
                 "yes, without a restart",
                 harness.compare(case),
                 "0",
-                next((line for line in first.lines if line.startswith("Could not write")), "nothing")[:300],
+                next((x for x in first.lines if x.startswith("Could not write")), "nothing").replace(
+                    str(harness.work), "<scratch>"
+                )[:400],
                 files_intact(case),
             )
         elsewhere = harness.work / (case.name + "-resumed")
@@ -275,7 +279,7 @@ def damaged_checkpoint(harness: Harness, source: Path, how: str) -> Row:
         "no (refused before training)" if not run.finished else "YES: trained from a damaged file",
         "-",
         "-",
-        run.saw(),
+        run.saw(harness.work),
         "the damaged file is unchanged" if unchanged else "THE FILE WAS CHANGED",
     )
 

@@ -23,6 +23,7 @@ Example:
 """
 
 import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -85,16 +86,22 @@ def write_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
 
     The bytes go to ``path`` + ``.partial`` in the same folder (streamed, not held in memory), are flushed to disk,
     and the file is renamed over ``path`` (atomic on one file system), then the folder is flushed. On any failure the
-    partial file is removed and the error re-raised; ``path`` is untouched. (Lightning's own save writes to a file
-    in the system's temporary folder and moves it, which copies across file systems and leaves the file behind when
-    killed.)
+    partial file is removed and the error re-raised (a failed write as an ``OSError`` naming the file and the free
+    space, also where torch reports it as a ``RuntimeError``); ``path`` is untouched. (Lightning's own save writes
+    to a file in the system's temporary folder and moves it, which copies across file systems and leaves the file
+    behind when killed.)
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + TEMPORARY_SUFFIX)
     try:
         with temporary.open("wb") as handle:
-            torch.save(checkpoint, handle)
+            try:
+                torch.save(checkpoint, handle)
+            except RuntimeError as error:  # torch's zip writer reports a failed write (a full disk) this way
+                free = shutil.disk_usage(path.parent).free / 2**20
+                msg = f"could not write {temporary} ({free:.0f} MiB free on its disk): {error}"
+                raise OSError(msg) from error
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)

@@ -97,8 +97,8 @@ class PeriodicCheckpoint(Callback):
         if took_a_step(outputs) and step < pl_module.total_steps:
             due = self._due(trainer, pl_module)
             epoch_ends_here = last_batch or step - self._epoch_start[0] == self._steps_per_epoch
-            if due and epoch_ends_here:  # only skipped batches remain in this epoch, if any: save at its end
-                self._at_epoch_end = True
+            if due and epoch_ends_here and due != "SIGTERM":  # only skipped batches remain: save at the epoch's end
+                self._at_epoch_end = True  # (not on SIGTERM: Lightning stops right after this batch)
             elif due:
                 self._save(trainer, step, f"{due}, mid-epoch")
         if last_batch:
