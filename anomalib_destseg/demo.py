@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", default="32", help="Lightning precision, e.g. 32 or bf16-mixed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--resume", action="store_true", help="continue the last run under --output from its resume.ckpt"
+        "--resume", action="store_true", help="continue the last run under --output from its resume.ckpt, if any"
     )
     return parser.parse_args(argv)
 
@@ -105,7 +105,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_batch_size=16,
         num_workers=0,
     )
-    resume_from = latest_resume_checkpoint(args.output, model, datamodule) if args.resume else None
+    resume_from = None
+    if args.resume:
+        try:
+            resume_from = latest_resume_checkpoint(args.output, model, datamodule)
+        except FileNotFoundError as error:  # killed before its first save (the end of stage 1, 250 steps, 5 min)
+            logging.getLogger(__name__).warning("%s Training from the start.", error)
     engine = Engine(default_root_dir=args.output, accelerator="cpu", devices=1, logger=False, precision=args.precision)
     engine.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     metrics = engine.test(model, datamodule=datamodule)[0]

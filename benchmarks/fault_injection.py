@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -333,7 +334,8 @@ def demo_case(teacher: Path, work: Path, rng: random.Random) -> Row:
                 process.kill()
                 break
     process.wait()
-    held = checkpoint_step(resume_file(killed))
+    saved = resume_file(killed)
+    held = checkpoint_step(saved) if saved.is_file() else 0  # killed before the first save: --resume starts over
     resumed = subprocess.run(
         [*demo, "--output", str(killed), "--resume"], cwd=work, env=env, capture_output=True, text=True, check=False
     )
@@ -343,7 +345,7 @@ def demo_case(teacher: Path, work: Path, rng: random.Random) -> Row:
     return Row(
         "the demo (README), SIGKILL",
         f"step {last} (aimed at {target})",
-        f"resume.ckpt (step {held})",
+        f"resume.ckpt (step {held})" if held else "nothing (started over)",
         "yes (180 steps)" if finished else f"no: {resumed.stderr[-300:]}",
         "identical" if same else "differs",
         str(last - held),
@@ -383,6 +385,14 @@ def main(argv: list[str] | None = None) -> str:
     if not baseline.finished:
         raise SystemExit("the uninterrupted run failed:\n" + "\n".join(baseline.lines[-30:]))
     harness.baseline = harness.final_weights(work / "uninterrupted")
+    save_seconds = [float(line.rsplit(" in ", 1)[1].split()[0]) for line in baseline.lines if line.startswith("Saved")]
+    step_seconds = [float(line.split("s/step")[0].rsplit(", ", 1)[1]) for line in baseline.lines if "s/step" in line]
+    costs = (
+        f"uninterrupted run: {len(save_seconds)} saves of resume.ckpt, median {statistics.median(save_seconds):.2f} s"
+        f" (max {max(save_seconds):.2f} s) for {resume_file(work / 'uninterrupted').stat().st_size / 1e6:.0f} MB;"
+        f" a training step here took {statistics.median(step_seconds):.2f} s (median of the progress lines)"
+    )
+    print(costs, flush=True)
     total = STUDENT_STEPS + SEGMENTATION_STEPS
     rows = []
     if "sigkill" in cases:
@@ -406,7 +416,7 @@ def main(argv: list[str] | None = None) -> str:
         rows += [unreadable_image(harness, STUDENT_STEPS + 4), nan_batch(harness, STUDENT_STEPS + 4)]
     if args.demo:
         rows.append(demo_case(args.teacher_weights, work, random.Random(args.seeds[0])))
-    report = table(rows)
+    report = table(rows) + "\n\n" + costs
     print(f"\n{report}\n\n{len(rows)} cases in {time.perf_counter() - started:.0f} s; scratch folder {work}")
     if args.output:
         args.output.write_text(report + "\n")

@@ -97,8 +97,11 @@ def test_anomalies_differ_per_process_and_follow_the_seed(ddp_run: dict, name: s
 def test_checkpoint_images_and_metrics_are_produced_once(ddp_run: dict, tiny_dataset: Path, name: str) -> None:
     reports = ddp_run["reports"][name]
     results = ddp_run["out"] / "results" / name
-    checkpoints = list(results.rglob("*.ckpt"))
-    assert len(checkpoints) == 1, checkpoints  # rank 0 saves
+    checkpoints = sorted(results.rglob("*.ckpt"))
+    # rank 0 saves: anomalib's checkpoint, and the resumable one (end of stage 1: a collective save, one file)
+    assert [path.name for path in checkpoints] == ["model.ckpt", "resume.ckpt"], checkpoints
+    assert checkpoints[0].parent == checkpoints[1].parent
+    assert torch.load(checkpoints[1], map_location="cpu", weights_only=False)["global_step"] == STEPS
     version = checkpoints[0].parents[2]  # <version>/weights/lightning/model.ckpt
     # Each process tested its own share of the test set, together all of it, once.
     seen = [set(report["test_images"]) for report in reports]

@@ -108,7 +108,9 @@ def test_trainer_arguments_and_stages_follow_the_steps() -> None:
     model = DeSTSeg(student_steps=3, segmentation_steps=4)
     arguments = model.trainer_arguments
     assert arguments["max_steps"] == 7 == model.total_steps
-    assert arguments["val_check_interval"] == 7 and arguments["num_sanity_val_steps"] == 0
+    # validation when training stops after the last step, never by a batch count (skipped batches count there)
+    assert arguments["val_check_interval"] > 2**60 and arguments["check_val_every_n_epoch"] is None
+    assert arguments["num_sanity_val_steps"] == 0
     assert [Stage.at(step, 3) for step in range(5)] == [Stage.STUDENT] * 3 + [Stage.SEGMENTATION] * 2
     assert (Stage.STUDENT.number, Stage.SEGMENTATION.number) == (1, 2)
 
@@ -145,7 +147,8 @@ def test_the_torch_model_owns_the_training_passes(teacher_weights: Path) -> None
 def test_callbacks_come_with_the_model() -> None:
     names = [type(callback).__name__ for callback in DeSTSeg().configure_callbacks()]
     expected = ["TeacherWeights", "DataChecks", "AnomalyStream", "TrainingProgress", "NonFiniteGuard"]
-    assert names[-5:] == expected
+    expected += ["SafeCheckpointFiles", "PeriodicCheckpoint"]
+    assert names[-7:] == expected
     assert names[:2] == ["AntialiasedPreProcessor", "RawScorePostProcessor"]
 
 
