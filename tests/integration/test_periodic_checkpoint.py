@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import re
+import shutil
 import signal
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from anomalib.data import MVTecAD
 from helpers import TINY_SIZE, quiet_cpu_engine
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from PIL import UnidentifiedImageError
 
 from anomalib_destseg import DeSTSeg
 from anomalib_destseg.components import took_a_step
@@ -179,6 +181,59 @@ def test_a_crashed_run_resumed_from_an_epoch_end_save_equals_the_uninterrupted_r
     assert probe.adopted == (tmp_path / RUN / "v1" / "weights" / "lightning" / RESUME_CHECKPOINT).resolve()
     assert _held_step(saved) == 8  # the file resumed from is not touched by the new run
     _assert_identical(_weights(resumed), uninterrupted["weights"])
+
+
+class Fault(Callback):
+    """At the end of the epoch that ends after step ``step`` (its skipped batch), make every training image
+    unreadable, or press Ctrl+C."""
+
+    def __init__(self, step: int, images: list[Path] | None = None) -> None:
+        self.step, self.images = step, images
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if took_a_step(outputs) or pl_module.global_step != self.step:
+            return
+        if self.images is None:
+            raise KeyboardInterrupt
+        for image in self.images:
+            image.write_bytes(b"not a PNG any more")
+
+
+def test_an_image_that_becomes_unreadable_stops_training_and_the_run_resumes_once_fixed(
+    uninterrupted, ten_images: Path, teacher_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The images become unreadable after step 8 (its epoch-end save is made in the same batch's hooks): the next
+    epoch's first batch fails with PIL's error naming a file, the log names resume.ckpt at step 8, and with the
+    images restored the resumed run ends with the uninterrupted weights."""
+    data = tmp_path / "data"
+    shutil.copytree(ten_images, data)
+    images = sorted((data / DEFAULT_CATEGORY / "train" / "good").glob("*.png"))
+    originals = [image.read_bytes() for image in images]
+    with caplog.at_level(logging.ERROR, logger=LOGGER), pytest.raises(UnidentifiedImageError, match=r"\.png"):
+        _fit(data, tmp_path, teacher_weights, callbacks=(Fault(8, images),))
+    saved = tmp_path / RUN / "v0" / "weights" / "lightning" / RESUME_CHECKPOINT
+    (message,) = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert f"(UnidentifiedImageError); {saved} holds step 8: resume with ckpt_path={saved}" in message
+    for image, original in zip(images, originals, strict=True):
+        image.write_bytes(original)
+    resumed = _fit(data, tmp_path, teacher_weights, ckpt_path=saved)
+    _assert_identical(_weights(resumed), uninterrupted["weights"])
+
+
+def test_ctrl_c_is_reported_with_the_file_to_resume_from(
+    ten_images: Path, teacher_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """KeyboardInterrupt (Lightning shuts down and exits with status 1) after step 6: the last save is step 5."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with caplog.at_level(logging.ERROR, logger=LOGGER), pytest.raises(SystemExit):
+            _fit(ten_images, tmp_path, teacher_weights, callbacks=(Fault(6),))
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl+C while it shuts down
+    saved = tmp_path / RUN / "v0" / "weights" / "lightning" / RESUME_CHECKPOINT
+    (message,) = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert f"Training stopped at step 6 of 10 (KeyboardInterrupt); {saved} holds step 5" in message
+    assert _held_step(saved) == 5
 
 
 def test_sigterm_saves_the_current_step_and_the_resume_is_exact(

@@ -56,6 +56,7 @@ class PeriodicCheckpoint(Callback):
         self.every_seconds = float(every_seconds)
         self.path: Path | None = None
         self.saved_step: int | None = None  # the step the run's resume.ckpt holds
+        self._holder: Path | None = None  # the file holding it (the resumed-from one if it could not be linked)
         self._last_save = (0, 0.0)  # (step, time) of the last save, or of the start
         self._epoch_start = (0, 0.0)
         self._steps_per_epoch = 0  # the most optimiser steps seen in one epoch
@@ -68,14 +69,18 @@ class PeriodicCheckpoint(Callback):
         self._last_save = self._epoch_start = (pl_module.global_step, now)
         self.path = checkpoint_folder(trainer) / RESUME_CHECKPOINT
         resumed_from = Path(trainer.ckpt_path) if trainer.ckpt_path else None
-        self.saved_step = pl_module.global_step if resumed_from else None
+        self.saved_step = pl_module.global_step if resumed_from else None  # the same on every DDP process
+        self._holder = self.path  # the file that holds saved_step
         if trainer.is_global_zero:
-            self._adopt(resumed_from)
-        logger.info(
-            "Resumable checkpoint: %s, written at the end of stage 1 and every %s (resume with ckpt_path=<that file>).",
-            self.path,
-            self._describe_interval(),
-        )
+            if resumed_from is None and self.path.exists():
+                logger.warning("%s is from an earlier run; this run's first save replaces it.", self.path)
+            if resumed_from is not None and not self._adopt(resumed_from):
+                self._holder = resumed_from
+            logger.info(
+                "Resumable checkpoint: %s, written at the end of stage 1 and every %s (resume: ckpt_path=<that file>).",
+                self.path,
+                self._describe_interval(),
+            )
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Note where the epoch starts."""
@@ -129,7 +134,7 @@ class PeriodicCheckpoint(Callback):
         if self.saved_step is None:
             where = "no resumable checkpoint was written yet; the run has to start again"
         else:
-            where = f"{self.path} holds step {self.saved_step}: resume with ckpt_path={self.path}"
+            where = f"{self._holder} holds step {self.saved_step}: resume with ckpt_path={self._holder}"
         logger.error(
             "Training stopped at step %d of %d (%s); %s.", step, pl_module.total_steps, type(exception).__name__, where
         )
@@ -179,22 +184,29 @@ class PeriodicCheckpoint(Callback):
         finally:
             self._last_save = (step, time.monotonic())
             self._at_epoch_end = False
-        self.saved_step = step
+        self.saved_step, self._holder = step, self.path
         logger.debug("Saved %s at step %d (%s) in %.2f s.", self.path, step, why, time.monotonic() - started)
 
-    def _adopt(self, resumed_from: Path | None) -> None:
-        """In a resumed run's new folder, link (or copy) the checkpoint it resumed from as ``resume.ckpt``."""
-        if resumed_from is None:
-            if self.path.exists():
-                logger.warning("%s is from an earlier run; this run's first save replaces it.", self.path)
-            return
+    def _adopt(self, resumed_from: Path) -> bool:
+        """In a resumed run's new folder, link (or copy) the checkpoint it resumed from as ``resume.ckpt``.
+
+        Returns whether ``resume.ckpt`` now holds the step the run resumed from.
+        """
         if self.path.exists() and self.path.resolve() == resumed_from.resolve():
-            return
+            return True
+        if not resumed_from.is_file():  # a remote checkpoint: nothing to link
+            return False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(self.path.name + ".link")
         temporary.unlink(missing_ok=True)
         try:
-            os.link(resumed_from, temporary)
-        except OSError:  # another file system, or no hard links: copy
-            shutil.copyfile(resumed_from, temporary)
-        os.replace(temporary, self.path)
+            try:
+                os.link(resumed_from, temporary)
+            except OSError:  # another file system, or no hard links: copy
+                shutil.copyfile(resumed_from, temporary)
+            os.replace(temporary, self.path)
+        except OSError as error:  # a convenience only: training goes on, and its first save writes the file
+            temporary.unlink(missing_ok=True)
+            logger.warning("Could not put %s in this run's folder as %s (%s).", resumed_from, self.path, error)
+            return False
+        return True
