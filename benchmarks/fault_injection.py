@@ -162,18 +162,19 @@ def files_intact(folder: Path) -> str:
 
 
 def interrupted_then_resumed(harness: Harness, fault: str, case: Path, first: Run, resume_from: Path | None) -> Row:
-    """Resume a struck run from ``resume_from`` and describe the outcome."""
-    if resume_from is None or not resume_from.is_file():
-        return Row(
-            fault, f"step {first.last_step}", "nothing to resume from", "no", "-", "-", first.saw(harness.work), "-"
-        )
-    held = checkpoint_step(resume_from)
-    second = harness.run(case, "--resume", str(resume_from))
+    """Resume a struck run from ``resume_from`` (or start it again when there is none) and describe the outcome."""
+    if resume_from is None or not resume_from.is_file():  # killed before the first save: the user starts again
+        held, resumed = 0, "nothing: started again"
+        second = harness.run(case)
+    else:
+        held = checkpoint_step(resume_from)
+        resumed = f"{resume_from.name} (step {held})"
+        second = harness.run(case, "--resume", str(resume_from))
     weights = harness.compare(case) if second.finished else "-"
     return Row(
         fault,
         f"step {first.last_step}",
-        f"{resume_from.name} (step {held})",
+        resumed,
         "yes" if second.finished else f"no: {second.saw(harness.work)}",
         weights,
         str(first.last_step - held),
