@@ -42,7 +42,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-from anomalib_destseg.components.student_teacher import SIZE_MULTIPLE
+from anomalib_destseg.components.input_size import SIZE_MULTIPLE
 from anomalib_destseg.components.teacher import TIMM_NAME
 
 from . import report
@@ -75,8 +75,8 @@ class _Outputs:
         overrides = self.config["overrides"]
         changed = f", overridden by {', '.join(f'`{o}`' for o in overrides)}" if overrides else ""
         lines = [
-            f"Protocol `{p.name}` ({p.summary}{changed}); image size {p.image_size}x{p.image_size} (resize, no crop) "
-            f"and seed {p.seed} for every model; written {self.config['date']}.",
+            f"Protocol `{p.name}` ({p.summary}{changed}); image size {p.image_size}x{p.image_size} (resize, no crop)"
+            f"{_tiling(p)} and seed {p.seed} for every model; written {self.config['date']}.",
             f"Data: {self.config['data']}.",
         ]
         if details:
@@ -152,10 +152,20 @@ class _Outputs:
         return images
 
 
+def _tiling(protocol: Protocol) -> str:
+    """``", cut into 4 tiles of 128x128"`` for a tiled protocol, else nothing."""
+    tile = protocol.tile_size
+    if tile is None:
+        return ""
+    count = (-(-protocol.image_size // tile)) ** 2
+    return f", cut into {count} tile{'s' if count > 1 else ''} of {tile}x{tile} (anomalib's tiler, no overlap)"
+
+
 def _overrides(args: argparse.Namespace) -> list[str]:
     """The protocol settings replaced on the command line, as options (e.g. ``["--steps 1 1"]``)."""
     options = {
         "image_size": "--image-size",
+        "tile_size": "--tile-size",
         "seed": "--seed",
         "steps": "--steps",
         "epochs": "--epochs",
@@ -236,9 +246,12 @@ def main(argv: list[str] | None = None) -> int:
         coreset_sampling_ratio=args.coreset_ratio,
         precision=args.precision,
         channels_last=args.channels_last,
+        tile_size=args.tile_size,
     )
     if protocol.image_size % SIZE_MULTIPLE:
         parser.error(f"--image-size must be a multiple of {SIZE_MULTIPLE}, got {protocol.image_size}")
+    if protocol.tile_size is not None and protocol.tile_size > protocol.image_size:
+        parser.error(f"--tile-size {protocol.tile_size} is larger than the image size {protocol.image_size}")
     if args.steps and sum(args.steps) == 0:
         parser.error("--steps: STUDENT + SEGMENTATION must be at least 1")
     wants_fp16 = any(protocol.models[model].precision == "16-mixed" for model in args.models)
@@ -255,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = [(category, model) for category, _, _ in jobs for model in args.models]
     print(f"{PROG}: protocol {protocol.name}, {len(plan)} runs: " + ", ".join(f"{m}/{c}" for c, m in plan))
     for model in args.models:
-        print(f"  {model}: {protocol.models[model].describe()}, image size {protocol.image_size}")
+        print(f"  {model}: {protocol.models[model].describe()}, image size {protocol.image_size}{_tiling(protocol)}")
     if args.dry_run:
         return 0
     errors, weight_notes, same_weights = run_preflight(args.models, args.teacher_weights)
@@ -314,6 +327,7 @@ def _run_all(
                 "dataset": datasets[category],
                 "settings": protocol.models[model].to_dict(),
                 "image_size": protocol.image_size,
+                "tile_size": protocol.tile_size,
                 "seed": protocol.seed,
                 "num_workers": protocol.num_workers,
                 "accelerator": args.accelerator,

@@ -4,7 +4,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from anomalib_destseg.components.student_teacher import SIZE_MULTIPLE
+from anomalib_destseg.components.input_size import SIZE_MULTIPLE
 from anomalib_destseg.components.teacher import IMAGENET, TIMM_NAME
 from anomalib_destseg.data.anomaly_generator import IMAGE_SUFFIXES
 
@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu", help="training recipe (default: cpu)")
     run.add_argument("--image-size", type=_integer(SIZE_MULTIPLE), help="square image side for all models")
+    run.add_argument(
+        "--tile-size",
+        type=_integer(SIZE_MULTIPLE),
+        help="cut the resized images into square tiles of this side (anomalib's tiler, no overlap) for every model",
+    )
     run.add_argument("--seed", type=_integer(0), help="seed of every run")
     run.add_argument(
         "--steps",

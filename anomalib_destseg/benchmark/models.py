@@ -164,6 +164,7 @@ def build_engine(
     epochs: int | None = None,
     precision: str = "32",
     channels_last: bool = False,
+    tile_size: int | None = None,
 ):
     """Anomalib ``Engine`` on one device, results under ``root``, no logger, progress bar or (unless asked) checkpoint.
 
@@ -177,6 +178,8 @@ def build_engine(
         precision: Lightning precision (``"32"``, ``"bf16-mixed"``, ``"16-mixed"``).
         channels_last: Train in the channels-last memory layout (:class:`~anomalib_destseg.training.callbacks.
             ChannelsLast`).
+        tile_size: Tile the resized images into squares of this side without overlap (anomalib's
+            ``TilerConfigurationCallback``); ``None``: no tiling.
 
     """
     from anomalib.callbacks import ModelCheckpoint
@@ -196,6 +199,10 @@ def build_engine(
         from anomalib_destseg.training.callbacks import ChannelsLast
 
         callbacks.append(ChannelsLast())
+    if tile_size is not None:
+        from anomalib.callbacks import TilerConfigurationCallback
+
+        callbacks.append(TilerConfigurationCallback(enable=True, tile_size=tile_size, stride=tile_size))
     if callbacks:
         kwargs["callbacks"] = callbacks
     if epochs:

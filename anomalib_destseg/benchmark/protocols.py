@@ -129,6 +129,9 @@ class Protocol:
         seed: Seed of every run (``lightning.seed_everything`` and the datamodule).
         num_workers: Data-loader workers.
         models: Settings per model name.
+        tile_size: Cut every (resized) image into square tiles of this side, without overlap, with anomalib's
+            ``TilerConfigurationCallback`` (every model: training and testing run on tiles, maps are put back
+            together); ``None`` (both protocols): no tiling.
 
     """
 
@@ -138,6 +141,7 @@ class Protocol:
     seed: int
     num_workers: int
     models: dict[str, ModelSettings]
+    tile_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
@@ -207,6 +211,7 @@ def override(
     coreset_sampling_ratio: float | None = None,
     precision: str | None = None,
     channels_last: bool | None = None,
+    tile_size: int | None = None,
 ) -> Protocol:
     """Return a copy of ``protocol`` with the given values replaced (``None`` keeps the protocol's value).
 
@@ -236,5 +241,5 @@ def override(
         if channels_last is not None:
             changes["channels_last"] = channels_last
         models[name] = replace(settings, **changes)
-    shared = {"image_size": image_size, "seed": seed, "num_workers": num_workers}
+    shared = {"image_size": image_size, "seed": seed, "num_workers": num_workers, "tile_size": tile_size}
     return replace(protocol, models=models, **{key: value for key, value in shared.items() if value is not None})

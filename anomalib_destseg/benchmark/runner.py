@@ -215,6 +215,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             epochs=settings.get("epochs") if spec["model"] == "Stfpm" else None,
             precision=settings["precision"],
             channels_last=settings["channels_last"],
+            tile_size=spec.get("tile_size"),
         )
 
         start = time.perf_counter()

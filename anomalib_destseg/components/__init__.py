@@ -8,12 +8,13 @@ from .feature_ops import (
     level_products,
     segmentation_input,
 )
+from .input_size import check_images
 from .loss import FocalLoss, SegmentationLoss, StudentCosineLoss
 from .maps import ANOMALY_MAPS, DEST_MAP, METRIC_PREFIXES, SEGMENTATION_MAP, check_map_name, map_fields, other_map
 from .segmentation import ASPP, SegmentationNetwork
 from .stage import Stage, took_a_step
 from .student import StudentDecoder, StudentEncoder
-from .student_teacher import SegmentationGuidedStudentTeacher, check_images, top_k_mean
+from .student_teacher import SegmentationGuidedStudentTeacher, top_k_mean
 from .teacher import ResNet18Teacher, TeacherWeightsError
 
 __all__ = [

@@ -17,35 +17,20 @@ from abc import ABC, abstractmethod
 
 import torch
 from anomalib.data import InferenceBatch
+from anomalib.data.utils.tiler import Tiler
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from .feature_ops import dest_map, segmentation_input
+from .input_size import check_images
 from .maps import ANOMALY_MAPS, DEST_MAP, SEGMENTATION_MAP, check_map_name
 from .segmentation import SegmentationNetwork
 from .stage import Stage
 from .teacher import ResNet18Teacher
+from .tiling import check_tiler
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SIZE_MULTIPLE = 32
-
-
-def check_images(images: torch.Tensor) -> None:
-    """Raise a ``ValueError`` naming the problem unless ``images`` is ``[B, 3, H, W]`` with H, W multiples of 32."""
-    if images.ndim != 4:
-        msg = f"Expected a batch of images [B, 3, H, W], got a tensor of shape {tuple(images.shape)}."
-        raise ValueError(msg)
-    channels, height, width = images.shape[1:]
-    if channels != 3:
-        msg = f"Expected RGB images with 3 channels, got {channels} (grayscale or RGBA images must be converted)."
-        raise ValueError(msg)
-    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
-        msg = (
-            f"Image size {height}x{width} is not a multiple of {SIZE_MULTIPLE} in both directions; "
-            "resize to e.g. 256x256 (the pre-processor's image_size)."
-        )
-        raise ValueError(msg)
 
 
 def top_k_mean(anomaly_map: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -81,6 +66,8 @@ class SegmentationGuidedStudentTeacher(nn.Module, ABC):
         self.segmentation_network = SegmentationNetwork(segmentation_in_channels)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # anomalib's TilerConfigurationCallback sets this; then images are scored tile by tile (see .tiling)
+        self.tiler: Tiler | None = None
 
     # --- what a subclass provides -------------------------------------------------------------------------------
     @property
@@ -174,10 +161,13 @@ class SegmentationGuidedStudentTeacher(nn.Module, ABC):
         """Score ``[0, 1]`` images ``[B, 3, H, W]`` with the named maps, encoding them once.
 
         Each map is resized bilinearly (``align_corners=False``) to the input's size, in float32, and its image score
-        is the mean of its ``top_k`` largest values, as the reference scores both of its maps.
+        is the mean of its ``top_k`` largest values, as the reference scores both of its maps. With a ``tiler`` the
+        networks see the tiles; the tiles' maps (each at its tile's size) are put back together by the tiler before
+        the image score is taken.
 
         Args:
-            images: Images with H, W multiples of 32.
+            images: Images with H, W multiples of 32 (with a tiler: the tiles' sides are, and the images are at
+                least one tile large).
             maps: Names from :data:`~.maps.ANOMALY_MAPS` (default both).
 
         Returns:
@@ -193,10 +183,10 @@ class SegmentationGuidedStudentTeacher(nn.Module, ABC):
             (['segmentation', 'dest'], torch.Size([1, 1, 64, 64]))
 
         """
-        check_images(images)
         for name in maps:
             check_map_name(name, "maps")
-        teacher, student = self.encode(images)
+        tiles = self.tile(images)
+        teacher, student = self.encode(tiles)
         result = {}
         for name in maps:
             if name == DEST_MAP:
@@ -205,9 +195,29 @@ class SegmentationGuidedStudentTeacher(nn.Module, ABC):
                 small = self.segmentation_network(self.segmentation_features(teacher, student))
             # float32 from here: under bf16 autocast (anomalib_destseg.inference) the map and the top-k score keep
             # full precision (fewer tied scores); a no-op in float32, invisible to export.
-            anomaly_map = F.interpolate(small.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
+            anomaly_map = F.interpolate(small.float(), size=tiles.shape[-2:], mode="bilinear", align_corners=False)
+            if self.tiler is not None:
+                anomaly_map = self.tiler.untile(anomaly_map)
             result[name] = InferenceBatch(pred_score=top_k_mean(anomaly_map, self.top_k), anomaly_map=anomaly_map)
         return result
+
+    def tile(self, images: torch.Tensor) -> torch.Tensor:
+        """The tiles of ``[0, 1]`` images ``[B, 3, H, W]``, a batch ``[B * tiles, 3, h, w]`` the networks can take.
+
+        Without a tiler the images themselves, checked.
+
+        Raises:
+            ValueError: For bad images, or a tiler whose tiles the networks cannot take or that is larger than them.
+
+        """
+        if self.tiler is None:
+            check_images(images)
+            return images
+        if images.ndim == 4:
+            check_tiler(self.tiler, images.shape[-2:])
+        tiles = self.tiler.tile(images)
+        check_images(tiles)
+        return tiles
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | InferenceBatch:
         """Segment ``[0, 1]`` images ``[B, 3, H, W]`` (H, W multiples of 32).

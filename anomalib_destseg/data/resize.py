@@ -37,7 +37,7 @@ from torch.nn import functional as F  # noqa: N812
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import Compose, InterpolationMode, Resize, Transform
 
-from anomalib_destseg.components.student_teacher import SIZE_MULTIPLE
+from anomalib_destseg.components.input_size import SIZE_MULTIPLE
 
 MASK_THRESHOLD = 0.5
 """A resized mask pixel is a defect when its bilinear value is at least this (the reference's threshold)."""

@@ -36,7 +36,7 @@ import torch
 from anomalib.data.transforms.utils import extract_transforms_by_type
 from torchvision.transforms.v2 import Resize
 
-from anomalib_destseg.components.student_teacher import SIZE_MULTIPLE
+from anomalib_destseg.components.input_size import SIZE_MULTIPLE
 
 COMPLETED_STEPS = "completed_steps"
 """Name of the buffer counting completed optimiser steps (state-dict key of the Lightning module)."""
@@ -129,11 +129,18 @@ class ExportChecksMixin:
 
         Raises:
             ValueError: If ``input_size`` is not two positive integers, or, without a resizing pre-processor, not
-                two multiples of 32.
+                two multiples of 32, or missing for a tiled model without one.
 
         """
         self.warn_if_untrained()
         resizes = self.resizes_input()
+        if self.model.tiler is not None and not resizes and input_size is None:
+            # the tiles' positions are fixed when the graph is traced: they need one image size
+            msg = (
+                "A tiled model without a resizing pre-processor is exported at one image size: pass input_size "
+                "(e.g. engine.export(model, 'onnx', input_size=(512, 512))), or keep the default pre-processor."
+            )
+            raise ValueError(msg)
         if input_size is not None:
             input_size = _check_input_size(input_size, need_multiple=not resizes)
         elif not resizes and "dynamic_shapes" not in kwargs and "dynamic_axes" not in kwargs:

@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from anomalib_destseg.components.feature_ops import concat_at_finest, level_products
+from anomalib_destseg.components.input_size import check_images
 from anomalib_destseg.components.student import StudentDecoder, StudentEncoder
-from anomalib_destseg.components.student_teacher import SegmentationGuidedStudentTeacher, check_images
+from anomalib_destseg.components.student_teacher import SegmentationGuidedStudentTeacher
 
 from .fusion import AdaptiveLevelFusion, MultiScaleFusionBottleneck
 

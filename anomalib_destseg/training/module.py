@@ -32,6 +32,12 @@ from anomalib_destseg.components.loss import SegmentationLoss, StudentCosineLoss
 from anomalib_destseg.components.maps import SEGMENTATION_MAP, check_map_name, map_fields, other_map
 from anomalib_destseg.components.stage import Stage
 from anomalib_destseg.components.teacher import IMAGENET
+from anomalib_destseg.components.tiling import (
+    TILER_CHECKPOINT_KEY,
+    fill_default_stride,
+    tiler_from_settings,
+    tiler_settings,
+)
 from anomalib_destseg.data.anomaly_generator import SyntheticAnomalyGenerator
 from anomalib_destseg.data.resize import default_pre_processor
 from anomalib_destseg.data.rotation import check_rotation, resolve_rotation, rotate_batch
@@ -45,6 +51,7 @@ from .callbacks import (
     PeriodicCheckpoint,
     SafeCheckpointFiles,
     TeacherWeights,
+    TilingChecks,
     TrainingProgress,
     usable_batch_size,
 )
@@ -202,7 +209,11 @@ class TwoStageTraining(ExportChecksMixin):
 
     def configure_callbacks(self) -> list[Callback]:
         """Anomalib's components, then teacher weights, data checks, anomaly stream, progress, guard, checkpoints."""
-        callbacks = [TeacherWeights(), DataChecks(), AnomalyStream(), TrainingProgress(), NonFiniteGuard()]
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None:
+            fill_default_stride(trainer.callbacks)  # before anomalib's TilerConfigurationCallback builds its tiler
+        callbacks = [TeacherWeights(), DataChecks(), TilingChecks(), AnomalyStream(), TrainingProgress()]
+        callbacks.append(NonFiniteGuard())
         callbacks.append(SafeCheckpointFiles())
         steps, seconds = self.hparams.checkpoint_every_n_steps, self.hparams.checkpoint_every_seconds
         if steps or seconds:
@@ -274,7 +285,8 @@ class TwoStageTraining(ExportChecksMixin):
         # would move. (A no-op in float32.)
         autocast_off = torch.autocast(images.device.type, enabled=False)
         with self.anomaly_stream.active(images.device), autocast_off:
-            clean = rotate_batch(images, self.rotation_policy)
+            # with anomalib's tiler every tile of the (rotated) clean images is a training sample
+            clean = self.model.tile(rotate_batch(images, self.rotation_policy))
             corrupted, masks = self.anomaly_generator(clean)
         student_optimizer, segmentation_optimizer = self.optimizers()
         if stage is Stage.STUDENT:
@@ -326,9 +338,22 @@ class TwoStageTraining(ExportChecksMixin):
         setattr(batch, map_field, predictions[second].anomaly_map.reshape(batch.anomaly_map.shape))
         return batch
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the tiler's settings (plain data) with a tiled model, so that it is loaded and exported tiled."""
+        super().on_save_checkpoint(checkpoint)
+        if self.model.tiler is not None:
+            checkpoint[TILER_CHECKPOINT_KEY] = tiler_settings(self.model.tiler)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Warn when the checkpoint's thresholds were set on the other map (``output_map`` changed on loading)."""
+        """Restore a tiled checkpoint's tiler (unless a callback set one) and check the thresholds' map.
+
+        Warns when the checkpoint's thresholds were set on the other map (``output_map`` changed on loading).
+        """
         super().on_load_checkpoint(checkpoint)
+        settings = checkpoint.get(TILER_CHECKPOINT_KEY)
+        if settings is not None and self.model.tiler is None:
+            self.model.tiler = tiler_from_settings(settings)
+            logger.info("%s: tiling as the checkpoint was trained: %s.", self.name, settings)
         saved = (checkpoint.get("hyper_parameters") or {}).get("output_map", SEGMENTATION_MAP)
         if saved != self.hparams.output_map and self.post_processor is not None:
             logger.warning(

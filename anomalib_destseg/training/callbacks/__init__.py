@@ -8,6 +8,7 @@ from .periodic_checkpoint import PeriodicCheckpoint
 from .progress import TrainingProgress
 from .safe_checkpoint_files import SafeCheckpointFiles
 from .teacher_weights import TeacherWeights
+from .tiling_checks import TilingChecks
 
 __all__ = [
     "LAST_GOOD_CHECKPOINT",
@@ -18,6 +19,7 @@ __all__ = [
     "PeriodicCheckpoint",
     "SafeCheckpointFiles",
     "TeacherWeights",
+    "TilingChecks",
     "TrainingProgress",
     "usable_batch_size",
 ]

@@ -146,9 +146,9 @@ def test_the_torch_model_owns_the_training_passes(teacher_weights: Path) -> None
 # --- callbacks --------------------------------------------------------------------------------------------------------
 def test_callbacks_come_with_the_model() -> None:
     names = [type(callback).__name__ for callback in DeSTSeg().configure_callbacks()]
-    expected = ["TeacherWeights", "DataChecks", "AnomalyStream", "TrainingProgress", "NonFiniteGuard"]
-    expected += ["SafeCheckpointFiles", "PeriodicCheckpoint"]
-    assert names[-7:] == expected
+    expected = ["TeacherWeights", "DataChecks", "TilingChecks", "AnomalyStream", "TrainingProgress"]
+    expected += ["NonFiniteGuard", "SafeCheckpointFiles", "PeriodicCheckpoint"]
+    assert names[-8:] == expected
     assert names[:2] == ["AntialiasedPreProcessor", "RawScorePostProcessor"]
 
 
