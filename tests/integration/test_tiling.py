@@ -85,6 +85,18 @@ def _datamodule(root: Path) -> MVTecAD:
     return MVTecAD(root=root, category="synthetic", train_batch_size=4, eval_batch_size=4, num_workers=0, seed=0)
 
 
+def _model(model_class: type, teacher_weights: Path, steps: int = 2, **kwargs):
+    """A model for 128x128 images, ``steps`` + ``steps`` steps, without pictures."""
+    return model_class(
+        student_steps=steps,
+        segmentation_steps=steps,
+        teacher_weights=str(teacher_weights),
+        pre_processor=model_class.configure_pre_processor((IMAGE, IMAGE)),
+        visualizer=False,
+        **kwargs,
+    )
+
+
 @pytest.fixture(scope="module")
 def large_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generated 128x128 images (twice the tile side)."""
@@ -101,13 +113,7 @@ def tiled_run(request: pytest.FixtureRequest, large_dataset: Path, teacher_weigh
     model_class = request.param
     root = tmp_path_factory.mktemp(f"tiling_{model_class.__name__}")
     torch.manual_seed(0)
-    model = model_class(
-        student_steps=2,
-        segmentation_steps=2,
-        teacher_weights=str(teacher_weights),
-        pre_processor=model_class.configure_pre_processor((IMAGE, IMAGE)),
-        visualizer=False,
-    )
+    model = _model(model_class, teacher_weights)
     init_resnet_weights(model.model.segmentation_network)  # scores that differ between images (thresholds)
     generated = []
     make_anomalies = SyntheticAnomalyGenerator.__call__
@@ -217,13 +223,7 @@ def test_a_tiled_checkpoint_loads_tiled_and_exports_full_size_maps(tiled_run: di
 def test_settings_that_cannot_work_fail_before_training(
     settings: dict, message: str, large_dataset: Path, teacher_weights: Path, tmp_path: Path
 ) -> None:
-    model = DeSTSeg(
-        student_steps=1,
-        segmentation_steps=1,
-        teacher_weights=str(teacher_weights),
-        pre_processor=DeSTSeg.configure_pre_processor((IMAGE, IMAGE)),
-        visualizer=False,
-    )
+    model = _model(DeSTSeg, teacher_weights, steps=1)
     engine = quiet_cpu_engine(tmp_path, callbacks=(TilerConfigurationCallback(enable=True, **settings),))
     with pytest.raises(ValueError, match=message):
         engine.fit(model=model, datamodule=_datamodule(large_dataset))
@@ -306,14 +306,7 @@ def test_tiled_training_in_bf16_resumes_exactly_from_its_periodic_checkpoint(
 
     def fit(root: Path, callbacks: tuple = (), ckpt_path: Path | None = None) -> DeSTSeg:
         lightning.seed_everything(0)
-        model = DeSTSeg(
-            student_steps=2,
-            segmentation_steps=2,
-            teacher_weights=str(teacher_weights),
-            pre_processor=DeSTSeg.configure_pre_processor((IMAGE, IMAGE)),
-            visualizer=False,
-            evaluator=False,
-        )
+        model = _model(DeSTSeg, teacher_weights, evaluator=False)
         tiling = TilerConfigurationCallback(enable=True, tile_size=TILE, stride=TILE)
         engine = quiet_cpu_engine(root, callbacks=(tiling, *callbacks), precision="bf16-mixed")
         engine.fit(model=model, datamodule=_datamodule(large_dataset), ckpt_path=ckpt_path)
