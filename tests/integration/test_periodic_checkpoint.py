@@ -117,7 +117,10 @@ def uninterrupted(ten_images: Path, teacher_weights: Path, tmp_path_factory: pyt
     handler = _ListHandler()
     logger = logging.getLogger(LOGGER)
     logger.addHandler(handler)
-    level, logger.level = logger.level, logging.DEBUG
+    level = logger.level
+    # setLevel, not an assignment to .level: setLevel clears logging's cache of enabled levels, which an earlier
+    # test's run (at the default level) has filled; with the stale cache the debug lines were dropped.
+    logger.setLevel(logging.DEBUG)
     try:
         model = _fit(ten_images, root, teacher_weights, callbacks=(counter,))
     finally:
