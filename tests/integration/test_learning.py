@@ -6,6 +6,11 @@ thresholds sit between what a trained model reaches and what a model that learne
 one, one without stage 2, and one whose stage 2 trained against all-zero masks (a segmentation network that changes
 but learns to find nothing). The figures each bound guards, measured 2026-12-05 with these settings, are in the
 docstring of :data:`BOUNDS`.
+
+The same trained models (one module-scoped run per class) then go through the deploy variants that docs/results.md
+gives accuracy figures for (bf16 in torch, channels-last and OpenVINO; OpenVINO INT8), whose image AUROC and pixel
+AP may fall short of torch fp32's by no more than bounds derived from those figures (:data:`VARIANT_COST`).
+``torch_compile_bf16`` is left out: compiling costs about a minute per model.
 """
 
 from dataclasses import dataclass
