@@ -1,7 +1,8 @@
 """Shared fixtures: a tiny generated dataset, teacher weights and textures, all without downloads.
 
 Tests are laid out by what they test: ``unit/`` mirrors the package, ``integration/`` runs anomalib's Engine and CLI,
-export, resume, DDP and the README. Plain helpers (paths, sizes, a quiet Engine) are in ``helpers.py``.
+export, resume, DDP and the README. Plain helpers (paths, sizes, a quiet Engine, and
+``tiny_model``: the one way the integration tests build a model) are in ``helpers.py``.
 
 The real ImageNet weights and DTD textures live in ../shared (never copied into the repository). Tests that need the
 real files skip with a reason when they are absent; machinery tests fall back to a local random-weight file, which
@@ -63,16 +64,3 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny_dataset")
     make_synthetic_dataset(root, image_size=TINY_SIZE, num_train=12, num_test_good=4, num_test_defect=4, seed=0)
     return root
-
-
-@pytest.fixture
-def tiny_model_kwargs(teacher_weights: Path) -> dict:
-    """Constructor arguments for a DeSTSeg/PFADSeg that trains in seconds on the tiny dataset."""
-    from anomalib_destseg import DeSTSeg
-
-    return {
-        "student_steps": 2,
-        "segmentation_steps": 2,
-        "teacher_weights": str(teacher_weights),
-        "pre_processor": DeSTSeg.configure_pre_processor((TINY_SIZE, TINY_SIZE)),
-    }

@@ -9,6 +9,43 @@ SHARED_DTD = SHARED / "data" / "dtd" / "images"
 SHARED_MVTEC = SHARED / "data" / "mvtec_ad"
 
 TINY_SIZE = 64  # smallest comfortable multiple of 32: every layer still has >= 2x2 pixels
+TINY_STEPS = 2  # student and segmentation steps of a model that only has to run through both stages
+
+
+def tiny_model(
+    model_class: type,
+    teacher_weights: str | Path | None,
+    size: int | tuple[int, int] | None = TINY_SIZE,
+    student_steps: int = TINY_STEPS,
+    segmentation_steps: int = TINY_STEPS,
+    **kwargs: object,
+):
+    """The integration tests' DeSTSeg or PFADSeg: the package's defaults except where a test must differ.
+
+    Every integration module builds its models here, so a default changed here (or in the package) changes for all
+    of them. The evaluator is the package's default (the paper's metrics); the visualizer is off because writing
+    images is slow and only ``test_models.py`` checks them (it passes ``visualizer=True``).
+
+    Args:
+        model_class: ``DeSTSeg`` or ``PFADSeg``.
+        teacher_weights: ResNet-18 state dict file (``None``: the teacher keeps torchvision's random initialisation).
+        size: Side (or ``(H, W)``) the pre-processor resizes to; ``None`` keeps the class's default pre-processor.
+        student_steps: Stage-1 optimiser steps.
+        segmentation_steps: Stage-2 optimiser steps.
+        **kwargs: Any other constructor argument (``evaluator=False``, ``output_map="dest"``...).
+
+    """
+    arguments: dict = {
+        "student_steps": student_steps,
+        "segmentation_steps": segmentation_steps,
+        "teacher_weights": None if teacher_weights is None else str(teacher_weights),
+        "visualizer": False,
+    }
+    if size is not None:
+        side = (size, size) if isinstance(size, int) else tuple(size)
+        arguments["pre_processor"] = model_class.configure_pre_processor(side)
+    arguments.update(kwargs)
+    return model_class(**arguments)
 
 
 def quiet_cpu_engine(root: Path, callbacks: tuple = (), precision: str = "32"):

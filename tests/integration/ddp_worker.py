@@ -13,6 +13,8 @@ Example::
 import argparse
 import hashlib
 import json
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -21,6 +23,9 @@ from anomalib.engine import Engine
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
 import anomalib_destseg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the shared model factory
+from helpers import tiny_model
 
 STEPS = 2  # per stage
 BATCH = 4
@@ -38,8 +43,8 @@ def digest(tensors: list[torch.Tensor]) -> str:
 class DDPProbe(Callback):
     """Record, per process, what the test compares across processes."""
 
-    def __init__(self, report: dict) -> None:
-        self.report = report
+    def __init__(self, report: dict, out: Path, name: str) -> None:
+        self.report, self.out, self.name = report, out, name
         self.wrapped = False
 
     def _weights(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, str]:
@@ -54,11 +59,14 @@ class DDPProbe(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.report["world_size"] = trainer.world_size
+        self.report["pid"] = os.getpid()
+        self.report["start_method"] = getattr(trainer.strategy, "_start_method", None)
         self.report["weights"] = {"start": self._weights(trainer, pl_module)}
         self.report["masks"] = []
 
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, *args) -> None:
         del args
+        self.report.setdefault("train_images", []).append([str(path) for path in batch.image_path])
         if self.wrapped:
             return
         # The module's on_train_start (after this callback's) created the generator and seeded this process.
@@ -81,10 +89,25 @@ class DDPProbe(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.report["weights"]["end"] = self._weights(trainer, pl_module)
         self.report["global_step"] = trainer.global_step
+        self.save(trainer.global_rank)
 
     def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, *args) -> None:
         del trainer, pl_module, outputs, args
         self.report.setdefault("test_images", []).extend(str(path) for path in batch.image_path)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        del pl_module
+        self.save(trainer.global_rank)
+
+    def save(self, rank: int) -> None:
+        """Add this process's report to its file: with ``ddp_spawn`` fitting and testing run in fresh processes
+        each, and the launching process never sees what the callbacks recorded."""
+        path = self.path(rank)
+        stored = json.loads(path.read_text()) if path.is_file() else {}
+        path.write_text(json.dumps(stored | self.report, indent=1))
+
+    def path(self, rank: int) -> Path:
+        return self.out / f"{self.name}_rank{rank}.json"
 
 
 def main() -> None:
@@ -101,16 +124,15 @@ def main() -> None:
     for name in args.models:
         seed_everything(args.seed)
         model_class = getattr(anomalib_destseg, name)
-        model = model_class(
-            student_steps=STEPS,
-            segmentation_steps=STEPS,
-            teacher_weights=args.weights,
-            pre_processor=model_class.configure_pre_processor((SIZE, SIZE)),
+        # The visualizer on: the test counts the result images.
+        model = tiny_model(
+            model_class, args.weights, size=SIZE, student_steps=STEPS, segmentation_steps=STEPS, visualizer=True
         )
         datamodule = MVTecAD(
             root=args.data, category="synthetic", train_batch_size=BATCH, eval_batch_size=BATCH, num_workers=0
         )
         report: dict = {}
+        probe = DDPProbe(report, out, name)
         engine = Engine(
             accelerator="cpu",
             strategy=args.strategy,
@@ -119,12 +141,17 @@ def main() -> None:
             enable_progress_bar=False,
             enable_model_summary=False,
             default_root_dir=out / "results",
-            callbacks=[DDPProbe(report)],
+            callbacks=[probe],
         )
         engine.fit(model, datamodule=datamodule)
-        report["metrics"] = engine.test(model, datamodule=datamodule, verbose=True)
-        rank = engine.trainer.global_rank
-        (out / f"{name}_rank{rank}.json").write_text(json.dumps(report, indent=1))
+        metrics = engine.test(model, datamodule=datamodule, verbose=True)
+        # Every rank's probe wrote its report; add the metrics where this process has them (with ddp_spawn only
+        # the launching process returns from test, holding rank 0's).
+        path = probe.path(engine.trainer.global_rank)
+        stored = json.loads(path.read_text())
+        stored["metrics"] = metrics
+        stored["launcher_pid"] = os.getpid()
+        path.write_text(json.dumps(stored, indent=1))
 
 
 if __name__ == "__main__":

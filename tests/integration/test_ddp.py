@@ -2,7 +2,9 @@
 
 ``ddp_worker.py`` runs anomalib's Engine with ``strategy="ddp", devices=2`` for DeSTSeg and then PFADSeg (fit, then
 test) in a subprocess, because Lightning's ``ddp`` launcher starts the second process by running the script again.
-Each process writes a JSON report; these tests compare them. One launch serves every test (module fixture).
+Each process writes a JSON report; these tests compare them. One launch serves every test (module fixture); a second
+runs DeSTSeg with ``strategy="ddp_spawn"`` and is compared with the first. ``sync_batchnorm`` is not tested: torch's
+``SyncBatchNorm`` only runs on GPUs.
 """
 
 import json
@@ -26,19 +28,30 @@ needs_ddp = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def ddp_run(tiny_dataset: Path, teacher_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Launch the worker once; return its reports per model and rank, its output and its folder."""
-    out = tmp_path_factory.mktemp("ddp")
+def _launch(out: Path, dataset: Path, weights: Path, models: tuple[str, ...], *options: str) -> dict:
+    """Run the worker; return its reports per model and rank, its output and its folder."""
     env = {key: value for key, value in os.environ.items() if key not in LAUNCH_VARIABLES}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    command = [sys.executable, str(WORKER), "--data", str(tiny_dataset), "--weights", str(teacher_weights)]
-    command += ["--out", str(out), "--seed", str(SEED), "--models", *MODELS]
+    command = [sys.executable, str(WORKER), "--data", str(dataset), "--weights", str(weights)]
+    command += ["--out", str(out), "--seed", str(SEED), "--models", *models, *options]
     result = subprocess.run(command, cwd=out, env=env, capture_output=True, text=True, timeout=900, check=False)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"DDP run failed ({result.returncode}):\n{output[-6000:]}"
-    reports = {name: [json.loads((out / f"{name}_rank{rank}.json").read_text()) for rank in (0, 1)] for name in MODELS}
+    reports = {name: [json.loads((out / f"{name}_rank{rank}.json").read_text()) for rank in (0, 1)] for name in models}
     return {"reports": reports, "stdout": result.stdout, "out": out}
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_dataset: Path, teacher_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Launch the worker once with ``strategy="ddp"`` for both models."""
+    return _launch(tmp_path_factory.mktemp("ddp"), tiny_dataset, teacher_weights, MODELS)
+
+
+@pytest.fixture(scope="module")
+def spawn_run(tiny_dataset: Path, teacher_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """DeSTSeg with ``strategy="ddp_spawn"`` (docs/multi_gpu.md says it works)."""
+    out = tmp_path_factory.mktemp("ddp_spawn")
+    return _launch(out, tiny_dataset, teacher_weights, ("DeSTSeg",), "--strategy", "ddp_spawn")
 
 
 @pytest.mark.slow
@@ -116,3 +129,33 @@ def test_checkpoint_images_and_metrics_are_produced_once(ddp_run: dict, tiny_dat
     assert reports[0]["metrics"] == reports[1]["metrics"]
     assert 0.0 <= reports[0]["metrics"][0]["image_AUROC"] <= 1.0
     assert ddp_run["stdout"].count("Test metric") == len(MODELS)
+
+
+@pytest.mark.slow
+@needs_ddp
+def test_ddp_spawn_trains_in_spawned_processes_exactly_as_ddp(spawn_run: dict, ddp_run: dict) -> None:
+    """``ddp_spawn`` starts two fresh processes (for fitting, again for testing) and trains as ``ddp`` does.
+
+    Same seeds, so each process draws the same images and anomalies as in the ``ddp`` run, and the synchronised
+    weights after each stage are bitwise those of the ``ddp`` run.
+    """
+    spawned, plain = spawn_run["reports"]["DeSTSeg"], ddp_run["reports"]["DeSTSeg"]
+    launcher = spawned[0]["launcher_pid"]
+    assert len({report["pid"] for report in spawned} | {launcher}) == 3  # two spawned processes besides the launcher
+    assert all(report["start_method"] == "spawn" for report in spawned)
+    assert all(report["start_method"] == "popen" for report in plain)  # ddp runs the script again instead
+    for spawned_report, plain_report in zip(spawned, plain, strict=True):
+        assert spawned_report["world_size"] == 2 and spawned_report["global_step"] == 2 * STEPS
+        assert spawned_report["train_images"] == plain_report["train_images"]
+        assert spawned_report["masks"] == plain_report["masks"]
+        assert spawned_report["weights"] == plain_report["weights"]  # start, after stage 1, end: all bitwise
+    assert spawned[0]["weights"]["end"]["segmentation"] != spawned[0]["weights"]["start"]["segmentation"]
+    # Testing spawns again: the two processes tested disjoint halves of the test set; the launcher got the metrics.
+    seen = [set(report["test_images"]) for report in spawned]
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 8
+    assert spawned[0]["metrics"] == plain[0]["metrics"]
+    # One results folder: with ddp every process runs the script and anomalib's Engine makes one folder each.
+    folders = [
+        {path.name for path in (run["out"] / "results" / "DeSTSeg").glob("*/*/v*")} for run in (spawn_run, ddp_run)
+    ]
+    assert folders == [{"v0"}, {"v0", "v1"}]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from anomalib.data import MVTecAD
-from helpers import quiet_cpu_engine
+from helpers import quiet_cpu_engine, tiny_model
 from PIL import Image
 
 from anomalib_destseg import DeSTSeg
@@ -39,15 +39,12 @@ def _run(
     """Seed, train 2 + 2 steps, predict the test set; return the weights, scores and maps."""
     lightning.seed_everything(seed)
     datamodule = MVTecAD(root=dataset, category="synthetic", train_batch_size=4, eval_batch_size=4, num_workers=workers)
-    model = DeSTSeg(
-        student_steps=2,
-        segmentation_steps=2,
-        teacher_weights=str(teacher),
+    model = tiny_model(  # with the default evaluator: computing the metrics must not disturb the runs either
+        DeSTSeg,
+        teacher,
+        size=SIZE,
         texture_dir=str(textures),
         rotation="quarter",  # random multiples of 90 degrees plus +-5 degrees: more randomness to reproduce
-        pre_processor=DeSTSeg.configure_pre_processor((SIZE, SIZE)),
-        evaluator=False,
-        visualizer=False,
     )
     engine = quiet_cpu_engine(root, precision=precision)
     engine.fit(model, datamodule=datamodule)
@@ -56,6 +53,10 @@ def _run(
     result = {f"weights.{key}": value.detach().clone() for key, value in model.model.state_dict().items()}
     result["pred_score"] = torch.cat([batch.pred_score for batch in predictions])
     result["anomaly_map"] = torch.cat([batch.anomaly_map for batch in predictions])
+    # The default evaluator's test metrics (the paper's): compared like the weights.
+    (metrics,) = engine.test(model, datamodule=datamodule, verbose=False)
+    assert "pixel_AUPR" in metrics
+    result |= {f"metric.{name}": torch.tensor(value) for name, value in metrics.items()}
     result["paths"] = [path for batch in predictions for path in batch.image_path]
     return result
 

@@ -1,13 +1,15 @@
 """Export to torch, ONNX and OpenVINO with anomalib's Engine, parity of the exports, and fast CPU inference variants.
 
-One tiny model per model class (64x64, 2 + 2 steps) is trained and exported once per module: torch (pickled
-module) and OpenVINO with a static 64x64 input (the default pre-processor, Resize, is part of the graph). For
-DeSTSeg also ONNX of the same weights without a pre-processor, so that batch, height and width are all dynamic
-(height and width multiples of 32); the OpenVINO export of every class goes through ONNX as well. Exports are traced
-with batch 2 and checked at other batch sizes. Tracing a 35M-parameter model costs about 15 s of CPU per export, so
-the ONNX file checks and the INT8 quantisation run once (DeSTSeg), on the shared export code. Each class is also
-exported with ``output_map="dest"`` (its DeST map as the output), with the same parity checks; the export with the
-resizing pre-processor, the step counter and INT8 are checked on the default map only.
+One tiny model per model class and map (64x64, 2 + 2 steps) is trained and exported once per module: torch
+(pickled module), OpenVINO with a static 64x64 input (the default pre-processor, Resize, is part of the graph) and
+ONNX of the same weights without a pre-processor, so that batch, height and width are all dynamic (height and width
+multiples of 32). Exports are traced with batch 2 and checked at other batch sizes. Each class is exported with its
+default map and with ``output_map="dest"`` (its DeST map as the output), with the same parity checks (torch,
+OpenVINO f32, onnxruntime); the export with the resizing pre-processor (full-size images) is checked on each class's
+default map. Tracing a 35M-parameter model costs about 15 s of CPU per export, so the step counter (shared Lightning
+code), ``torch.compile`` (a minute of compiling) and the NNCF quantisation of this IR run on DeSTSeg only; the
+accuracy of INT8, bf16 and OpenVINO bf16 against fp32 is checked for both classes on trained models in
+``test_learning.py``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from anomalib.data import MVTecAD
 from anomalib.data.utils import read_image
 from anomalib.deploy import CompressionType, ExportType, OpenVINOInferencer, TorchInferencer
 from anomalib.engine import Engine
-from helpers import TINY_SIZE
+from helpers import TINY_SIZE, tiny_model
 
 from anomalib_destseg import DeSTSeg, PFADSeg
 from anomalib_destseg.components.resnet_blocks import init_resnet_weights
@@ -34,6 +36,14 @@ MODEL_CLASSES = [DeSTSeg, PFADSeg]
 EXPORTED = [(DeSTSeg, "segmentation"), (PFADSeg, "segmentation"), (DeSTSeg, "dest"), (PFADSeg, "dest")]
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 MAP_TOLERANCE = 1e-4
+BF16_MAP_CHANGE = (0.05, 0.013)
+"""Largest max and mean change of a normalised map in bf16 (torch channels-last, OpenVINO default) on these models.
+
+Measured 2026-12-05 over the four exports: torch bf16 max 0.008-0.018, mean 0.0009-0.0013; OpenVINO bf16 max
+0.018-0.026, mean 0.0009-0.0065; the bounds are about twice the largest. These barely trained models only show that
+bf16 runs and changes the maps a little; the accuracy cost against docs/results.md's figures is checked on trained
+models in ``test_learning.py``.
+"""
 
 
 def _engine(root: Path) -> Engine:
@@ -50,14 +60,7 @@ def exported(request: pytest.FixtureRequest, tiny_dataset: Path, teacher_weights
     model_class, output_map = request.param
     root = tmp_path_factory.mktemp(f"export_{model_class.__name__}_{output_map}")
     torch.manual_seed(0)
-    kwargs = {
-        "student_steps": 2,
-        "segmentation_steps": 2,
-        "teacher_weights": str(teacher_weights),
-        "output_map": output_map,
-    }
-    model = model_class(**kwargs, pre_processor=model_class.configure_pre_processor((TINY_SIZE, TINY_SIZE)))
-    model.visualizer = None
+    model = tiny_model(model_class, teacher_weights, output_map=output_map)
     engine = _engine(root)
     # Export parity does not depend on the weights, but it needs outputs that differ between images: after 2 + 2
     # steps from the reference initialisation every image scores almost alike, so thresholds would tie with the
@@ -72,13 +75,14 @@ def exported(request: pytest.FixtureRequest, tiny_dataset: Path, teacher_weights
             model, ExportType.OPENVINO, export_root=root / "openvino", input_size=(TINY_SIZE, TINY_SIZE)
         )
         # The same weights without a pre-processor: the model takes images as they are, sides multiples of 32.
-        bare = model_class(**kwargs, pre_processor=False, visualizer=False).eval()
+        bare = tiny_model(model_class, teacher_weights, size=None, pre_processor=False, output_map=output_map).eval()
         bare.load_state_dict(model.state_dict())
-        onnx_path = engine.export(bare, ExportType.ONNX, export_root=root / "onnx") if model_class is DeSTSeg else None
-        # With the resizing pre-processor and free height and width: takes full-size images.
+        onnx_path = engine.export(bare, ExportType.ONNX, export_root=root / "onnx")
+        # With the resizing pre-processor and free height and width: takes full-size images. The pre-processor does
+        # not depend on the map, so this export is checked on the default map of each class.
         resizing_path = (
             engine.export(model, ExportType.ONNX, export_root=root / "resizing")
-            if model_class is DeSTSeg and output_map == "segmentation"
+            if output_map == "segmentation"
             else None
         )
     return {
@@ -173,17 +177,10 @@ def test_the_openvino_export_matches_at_other_batch_sizes(
     _assert_same_predictions(prediction, _reference(exported["model"], subset), batch=batch)
 
 
-def _onnx(exported: dict) -> Path:
-    if exported["onnx"] is None:
-        pytest.skip("the ONNX file is checked once (DeSTSeg); every class's OpenVINO export goes through ONNX")
-    return exported["onnx"]
-
-
 def test_the_onnx_export_takes_any_batch_and_multiple_of_32_size(
     exported: dict, images: torch.Tensor, tmp_path: Path, monkeypatch
 ) -> None:
     """OpenVINO reads the dynamic ONNX file directly; 96x128 inputs give 96x128 maps like the torch model."""
-    _onnx(exported)
     monkeypatch.chdir(tmp_path)
     inferencer = OpenVINOInferencer(path=exported["onnx"], device="CPU", config=F32)
     larger = torch.nn.functional.interpolate(images[:3], size=(96, 128), mode="bilinear", align_corners=False)
@@ -194,7 +191,7 @@ def test_the_onnx_export_takes_any_batch_and_multiple_of_32_size(
 
 
 def test_the_onnx_export_matches_in_onnxruntime(exported: dict, images: torch.Tensor) -> None:
-    path = _onnx(exported)
+    path = exported["onnx"]
     onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is optional (not a project dependency)")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     subset = images[:5]
@@ -208,7 +205,7 @@ def test_full_size_images_give_the_lightning_models_predictions_in_onnxruntime_a
 ) -> None:
     """The export resizes with antialiasing as training and testing do (anomalib's own export drops it)."""
     if exported["resizing_onnx"] is None:
-        pytest.skip("checked once (DeSTSeg): the pre-processor is the same for every model")
+        pytest.skip("checked on each class's default map: the pre-processor does not depend on the map")
     onnxruntime = pytest.importorskip("onnxruntime")
     model = exported["model"]
     full_size = torch.nn.functional.interpolate(images[:3], size=(150, 110), mode="bicubic").clamp(0, 1)
@@ -304,8 +301,9 @@ def test_channels_last_matches_and_bf16_stays_close(exported: dict, images: torc
     bf16 = build_variant("channels_last_bf16", model)(images)
     assert bf16.anomaly_map.dtype == torch.float32
     assert bf16.anomaly_map.shape == expected.anomaly_map.shape
-    difference = (bf16.anomaly_map - expected.anomaly_map).abs().max().item()
-    assert 0 < difference < 0.1  # bfloat16 changes the maps, but not wholesale
+    difference = (bf16.anomaly_map - expected.anomaly_map).abs()
+    assert difference.max() > 0  # bfloat16 changes the maps
+    assert difference.max() < BF16_MAP_CHANGE[0] and difference.mean() < BF16_MAP_CHANGE[1]
 
 
 @pytest.mark.slow
@@ -334,7 +332,8 @@ def test_openvino_default_precision_runs_close_to_fp32(exported: dict, images: t
     default = OpenVINOModel(exported["openvino"], precision=None)
     result = default(images[:2])
     assert result.anomaly_map.shape == expected.anomaly_map.shape
-    assert (result.anomaly_map - expected.anomaly_map).abs().max().item() < 0.1
+    difference = (result.anomaly_map - expected.anomaly_map).abs()
+    assert difference.max() < BF16_MAP_CHANGE[0] and difference.mean() < BF16_MAP_CHANGE[1]
 
 
 def test_unknown_variants_and_missing_export_folders_are_refused(exported: dict) -> None:
@@ -356,7 +355,7 @@ def test_int8_post_training_quantisation_of_the_exported_ir(
     import openvino as ov
 
     if type(exported["model"]) is not DeSTSeg or exported["output_map"] != "segmentation":
-        pytest.skip("INT8 quantisation is checked once (DeSTSeg); PFADSeg exports through the same code")
+        pytest.skip("quantising this IR is checked once (DeSTSeg); both classes' INT8 accuracy: test_learning.py")
     core = ov.Core()
     quantised = exported["model"]._compress_ov_model(
         core.read_model(exported["openvino"]), CompressionType.INT8_PTQ, datamodule=_datamodule(tiny_dataset)

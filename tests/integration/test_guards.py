@@ -4,6 +4,7 @@
   the state from before that step is saved as ``last_good.ckpt`` in the checkpoint folder
   (``<default_root_dir>/weights/lightning/`` with anomalib's Engine). The failed step changes nothing: not the
   weights, not the optimiser states, not the BatchNorm statistics (which the forward pass on NaN images would poison).
+  Checked in both stages, for DeSTSeg in float32 and for PFADSeg in bf16-mixed with the default evaluator.
 - Dataset images: anomalib 2.7 reads them with PIL and converts them to RGB, so grayscale, RGBA and 16-bit images
   load (16-bit ones clipped to 8 bits, which is warned about) and batches of mixed sizes are resized to their largest
   image before the pre-processor. Files PIL cannot decode are named before training starts; PIL itself would report
@@ -22,11 +23,11 @@ import pandas as pd
 import pytest
 import torch
 from anomalib.data import Folder, MVTecAD
-from helpers import quiet_cpu_engine
+from helpers import quiet_cpu_engine, tiny_model
 from lightning.pytorch import Callback
 from PIL import Image
 
-from anomalib_destseg import DeSTSeg
+from anomalib_destseg import DeSTSeg, PFADSeg
 from anomalib_destseg.components import took_a_step
 from anomalib_destseg.data.anomaly_generator import SyntheticAnomalyGenerator
 from anomalib_destseg.data.image_checks import check_dataset_images
@@ -34,17 +35,9 @@ from anomalib_destseg.data.image_checks import check_dataset_images
 SIZE = 64
 
 
-def _model(teacher: str | Path, **kwargs) -> DeSTSeg:
-    args = {
-        "student_steps": 2,
-        "segmentation_steps": 2,
-        "teacher_weights": str(teacher),
-        "pre_processor": DeSTSeg.configure_pre_processor((SIZE, SIZE)),
-        "evaluator": False,
-        "visualizer": False,
-        **kwargs,
-    }
-    return DeSTSeg(**args)
+def _model(teacher: str | Path, model_class: type = DeSTSeg, evaluator: bool = False, **kwargs) -> DeSTSeg | PFADSeg:
+    """The shared test model; without the evaluator (no metrics needed) unless ``evaluator`` is true."""
+    return tiny_model(model_class, teacher, **kwargs, **({} if evaluator else {"evaluator": False}))
 
 
 def _mvtec(dataset: Path) -> MVTecAD:
@@ -108,20 +101,40 @@ def _assert_same(actual: dict, expected: dict) -> None:
 
 
 @pytest.mark.parametrize(
-    ("step", "stage", "poison", "what"),
+    ("step", "stage", "poison", "what", "model_class", "precision", "evaluator"),
     [
-        (1, "stage 1, student", PoisonImages, "loss (nan)"),
-        (3, "stage 2, segmentation", PoisonImages, "loss (nan)"),
-        (2, "stage 2, segmentation", InfiniteGradient, "gradient norm (inf)"),
+        (1, "stage 1, student", PoisonImages, "loss (nan)", DeSTSeg, "32", False),
+        (3, "stage 2, segmentation", PoisonImages, "loss (nan)", DeSTSeg, "32", False),
+        (2, "stage 2, segmentation", InfiniteGradient, "gradient norm (inf)", DeSTSeg, "32", False),
+        # PFADSeg under bf16-mixed with the default evaluator: both stages, within the first epoch (3 batches), so
+        # that no validation (which updates the post-processor's statistics) falls between the two saved states.
+        (1, "stage 1, student", PoisonImages, "loss (nan)", PFADSeg, "bf16-mixed", True),
+        (2, "stage 2, segmentation", InfiniteGradient, "gradient norm (inf)", PFADSeg, "bf16-mixed", True),
     ],
-    ids=["nan_loss_in_stage_1", "nan_loss_in_stage_2", "infinite_gradient_in_stage_2"],
+    ids=[
+        "nan_loss_in_stage_1",
+        "nan_loss_in_stage_2",
+        "infinite_gradient_in_stage_2",
+        "PFADSeg_bf16_nan_loss_in_stage_1",
+        "PFADSeg_bf16_infinite_gradient_in_stage_2",
+    ],
 )
 def test_non_finite_step_saves_the_last_good_state_then_stops(
-    tiny_dataset: Path, teacher_weights: Path, tmp_path: Path, step: int, stage: str, poison: type, what: str
+    tiny_dataset: Path,
+    teacher_weights: Path,
+    tmp_path: Path,
+    step: int,
+    stage: str,
+    poison: type,
+    what: str,
+    model_class: type,
+    precision: str,
+    evaluator: bool,
 ) -> None:
     good = tmp_path / "good.ckpt"
-    engine = quiet_cpu_engine(tmp_path / "results", callbacks=(SaveAfter(good, step), poison(step)))
-    model = _model(teacher_weights)
+    callbacks = (SaveAfter(good, step), poison(step))
+    engine = quiet_cpu_engine(tmp_path / "results", callbacks=callbacks, precision=precision)
+    model = _model(teacher_weights, model_class, evaluator=evaluator)
     with pytest.raises(FloatingPointError) as error:
         engine.fit(model, datamodule=_mvtec(tiny_dataset))
     message = str(error.value)

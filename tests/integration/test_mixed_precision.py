@@ -1,6 +1,7 @@
 """Mixed precision through Lightning's ``precision`` flag: bf16-mixed on CPU; fp16 (``16-mixed``) needs a GPU.
 
-Resume and determinism in bf16-mixed are tested with the fp32 cases (``test_resume.py``, ``test_determinism.py``).
+Resume, determinism and the non-finite guard in bf16-mixed are tested with the fp32 cases (``test_resume.py``,
+``test_determinism.py``, ``test_guards.py``); the accuracy of bf16 inference against fp32 in ``test_learning.py``.
 """
 
 import math
@@ -10,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from anomalib.data import MVTecAD
-from helpers import TINY_SIZE, quiet_cpu_engine
+from helpers import quiet_cpu_engine, tiny_model
 from lightning.pytorch import Callback, seed_everything
 
 from anomalib_destseg import DeSTSeg, PFADSeg
@@ -19,13 +20,7 @@ from anomalib_destseg.training.callbacks import ChannelsLast, NonFiniteGuard
 
 
 def _model(model_class: type, teacher_weights: Path, steps: int):
-    return model_class(
-        student_steps=steps,
-        segmentation_steps=steps,
-        teacher_weights=str(teacher_weights),
-        pre_processor=model_class.configure_pre_processor((TINY_SIZE, TINY_SIZE)),
-        visualizer=False,
-    )
+    return tiny_model(model_class, teacher_weights, student_steps=steps, segmentation_steps=steps)
 
 
 def _datamodule(root: Path) -> MVTecAD:

@@ -19,7 +19,7 @@ import torch
 from anomalib.data import Folder, MVTecAD
 from anomalib.engine import Engine
 from anomalib.pre_processing import PreProcessor
-from helpers import TINY_SIZE, quiet_cpu_engine
+from helpers import TINY_SIZE, quiet_cpu_engine, tiny_model
 from lightning.pytorch import Callback
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
@@ -76,10 +76,8 @@ def _datamodule(root: Path, **kwargs) -> MVTecAD:
 
 
 def _model(model_class: type, teacher_weights: Path, **kwargs):
-    args = {"student_steps": 2, "segmentation_steps": 2, "teacher_weights": str(teacher_weights)}
-    return model_class(
-        **{**args, "pre_processor": model_class.configure_pre_processor((TINY_SIZE, TINY_SIZE)), **kwargs}
-    )
+    """The shared test model with the visualizer on: this module checks the result images."""
+    return tiny_model(model_class, teacher_weights, **{"visualizer": True, **kwargs})
 
 
 def _engine(root: Path, **kwargs) -> Engine:
@@ -402,3 +400,95 @@ def test_normalize_in_the_pre_processor_is_refused(tiny_dataset: Path, teacher_w
     model = _model(DeSTSeg, teacher_weights, pre_processor=PreProcessor(transform=transform))
     with pytest.raises(ValueError, match="Normalize"):
         _engine(tmp_path).fit(model, datamodule=_datamodule(tiny_dataset))
+
+
+# --- images larger than the model's input ---------------------------------------------------------------------------
+LARGE_SIZE = (110, 150)  # (H, W): not square, larger than 64x64 along both sides, not a multiple of it
+
+
+class TrainingImages(Callback):
+    """The image paths and images of every training batch as the model receives them."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[list[str], torch.Tensor]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batches.append((list(batch.image_path), batch.image.detach().clone()))
+
+
+@pytest.fixture(scope="module")
+def large_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated MVTec-layout dataset whose images and masks are 150x110 (W x H)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("large_dataset")
+    make_synthetic_dataset(root, image_size=128, num_train=8, num_test_good=2, num_test_defect=2, seed=3)
+    height, width = LARGE_SIZE
+    for path in (root / "synthetic").rglob("*.png"):
+        image = Image.open(path)
+        nearest = "ground_truth" in path.parts  # masks stay 0/255
+        image.resize((width, height), Image.Resampling.NEAREST if nearest else Image.Resampling.BICUBIC).save(path)
+    return root
+
+
+def _antialiased(images: torch.Tensor) -> torch.Tensor:
+    """The reference's resize of [N, 3, H, W] images to the model's input, written out by hand."""
+    return torch.nn.functional.interpolate(
+        images, size=(TINY_SIZE, TINY_SIZE), mode="bilinear", align_corners=False, antialias=True
+    )
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES, ids=lambda cls: cls.__name__)
+def test_larger_images_are_resized_with_antialiasing_in_fit_test_and_predict(
+    model_class: type, large_dataset: Path, teacher_weights: Path, tmp_path: Path
+) -> None:
+    """150x110 files and a 64x64 pre-processor: every stage sees the reference's antialiased resize.
+
+    anomalib's datamodule appends the pre-processor's resize to each dataset's transforms, so training, test and
+    predict batches, their masks and the maps (anomalib 2.7 keeps the maps at the model's input size) are 64x64, and
+    every value equals a hand-written antialiased resize followed by the model's forward and post-processing.
+    """
+    from anomalib.data.utils import read_image, read_mask
+
+    from anomalib_destseg.data.resize import resize_masks
+
+    lightning.seed_everything(0)
+    model = tiny_model(model_class, teacher_weights)
+    datamodule = _datamodule(large_dataset)
+    seen = TrainingImages()
+    engine = quiet_cpu_engine(tmp_path, callbacks=(seen,))
+    engine.fit(model, datamodule=datamodule)
+    (results,) = engine.test(model, datamodule=datamodule)
+    predictions = engine.predict(model, datamodule=datamodule)
+
+    assert len(seen.batches) == 4  # 2 + 2 steps of 4 images
+    for paths, images in seen.batches:
+        originals = torch.stack([read_image(path, as_tensor=True) for path in paths])
+        assert originals.shape[-2:] == LARGE_SIZE
+        assert images.shape[-2:] == (TINY_SIZE, TINY_SIZE)
+        assert (images - _antialiased(originals)).abs().max() < 1e-5
+    assert 0 <= results["pixel_AUROC"] <= 1  # the test masks were resized alike, or the pixel metrics would fail
+
+    model.eval()
+    for batch in predictions:
+        originals = torch.stack([read_image(path, as_tensor=True) for path in batch.image_path])
+        assert originals.shape[-2:] == LARGE_SIZE
+        assert batch.anomaly_map.shape[-2:] == (TINY_SIZE, TINY_SIZE)
+        resized = _antialiased(originals)
+        assert (batch.image - resized).abs().max() < 1e-5
+        with torch.no_grad():
+            expected = model.post_processor(model.model(resized))
+            plain = model.post_processor(
+                model.model(torch.nn.functional.interpolate(originals, size=(TINY_SIZE, TINY_SIZE), mode="bilinear"))
+            )
+        assert (batch.anomaly_map.reshape(expected.anomaly_map.shape) - expected.anomaly_map).abs().max() < 1e-5
+        assert (batch.pred_score - expected.pred_score).abs().max() < 1e-5
+        assert (plain.anomaly_map - expected.anomaly_map).abs().max() > 1e-3  # without antialiasing: other maps
+        for path, label, mask in zip(batch.image_path, batch.gt_label, batch.gt_mask, strict=True):
+            if label:
+                mask_path = (
+                    Path(path).parents[2] / "ground_truth" / Path(path).parent.name / f"{Path(path).stem}_mask.png"
+                )
+                original = read_mask(mask_path, as_tensor=True)
+                assert original.shape[-2:] == LARGE_SIZE
+                assert torch.equal(mask.bool(), resize_masks(original.bool()[None], (TINY_SIZE, TINY_SIZE))[0])

@@ -18,7 +18,7 @@ import lightning
 import pytest
 import torch
 from anomalib.data import MVTecAD
-from helpers import TINY_SIZE, quiet_cpu_engine
+from helpers import TINY_SIZE, quiet_cpu_engine, tiny_model
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import UnidentifiedImageError
@@ -77,15 +77,14 @@ def ten_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _fit(dataset: Path, root: Path, teacher: Path, every_n_steps: int = 3, callbacks=(), ckpt_path=None) -> DeSTSeg:
     lightning.seed_everything(0)
-    model = DeSTSeg(
+    model = tiny_model(
+        DeSTSeg,
+        teacher,
         student_steps=STUDENT_STEPS,
         segmentation_steps=SEGMENTATION_STEPS,
-        teacher_weights=str(teacher),
         checkpoint_every_n_steps=every_n_steps,
         checkpoint_every_seconds=0,
-        pre_processor=DeSTSeg.configure_pre_processor((TINY_SIZE, TINY_SIZE)),
         evaluator=False,
-        visualizer=False,
     )
     datamodule = MVTecAD(root=dataset, category=DEFAULT_CATEGORY, train_batch_size=4, eval_batch_size=4, num_workers=0)
     quiet_cpu_engine(root, callbacks).fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -118,7 +117,10 @@ def uninterrupted(ten_images: Path, teacher_weights: Path, tmp_path_factory: pyt
     handler = _ListHandler()
     logger = logging.getLogger(LOGGER)
     logger.addHandler(handler)
-    level, logger.level = logger.level, logging.DEBUG
+    level = logger.level
+    # setLevel, not an assignment to .level: setLevel clears logging's cache of enabled levels, which an earlier
+    # test's run (at the default level) has filled; with the stale cache the debug lines were dropped.
+    logger.setLevel(logging.DEBUG)
     try:
         model = _fit(ten_images, root, teacher_weights, callbacks=(counter,))
     finally:

@@ -17,7 +17,8 @@ How close a resumed run comes to the uninterrupted one (CPU, ``num_workers=0``),
 
 Exact equality after more than one resumed step also shows that the momentum buffers were restored: without them
 the next updates would differ. The resumed runs get a ``teacher_weights`` path that does not exist: the teacher's
-weights must come from the checkpoint.
+weights must come from the checkpoint. DeSTSeg is resumed in every case; PFADSeg (same training code, other
+segmentation network) at the end of stage 1, with the default evaluator validating at each epoch's end.
 """
 
 import shutil
@@ -30,10 +31,10 @@ import pytest
 import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
-from helpers import quiet_cpu_engine
+from helpers import quiet_cpu_engine, tiny_model
 from lightning.pytorch import Callback
 
-from anomalib_destseg import DeSTSeg
+from anomalib_destseg import DeSTSeg, PFADSeg
 from anomalib_destseg.components import took_a_step
 
 SIZE = 64
@@ -106,17 +107,23 @@ def _fit(
     ckpt_path: Path | None = None,
     callbacks: tuple = (),
     precision: str = "32",
-) -> tuple[DeSTSeg, Engine]:
-    """Seed 0, then fit DeSTSeg (3 + 3 steps) on ``dataset``; the same model arguments for every run."""
+    model_class: type = DeSTSeg,
+    evaluator: bool = False,
+) -> tuple[DeSTSeg | PFADSeg, Engine]:
+    """Seed 0, then fit the model (3 + 3 steps) on ``dataset``; the same model arguments for every run.
+
+    Without the evaluator unless ``evaluator`` is true (then the validation at each epoch's end computes the paper's
+    metrics, which must not disturb the resumed run either).
+    """
     lightning.seed_everything(0)
     datamodule = MVTecAD(root=dataset, category="synthetic", train_batch_size=4, eval_batch_size=4, num_workers=0)
-    model = DeSTSeg(
+    model = tiny_model(
+        model_class,
+        teacher,
+        size=SIZE,
         student_steps=STUDENT_STEPS,
         segmentation_steps=SEGMENTATION_STEPS,
-        teacher_weights=str(teacher),
-        pre_processor=DeSTSeg.configure_pre_processor((SIZE, SIZE)),
-        evaluator=False,
-        visualizer=False,
+        **({} if evaluator else {"evaluator": False}),
     )
     engine = quiet_cpu_engine(root, callbacks, precision=precision)
     engine.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -166,15 +173,18 @@ def crashed_in_stage_2(
     return root / "step4.ckpt"
 
 
-@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+@pytest.mark.parametrize(
+    ("model_class", "precision", "evaluator"),
+    [(DeSTSeg, "32", False), (DeSTSeg, "bf16-mixed", False), (PFADSeg, "32", True)],
+    ids=["DeSTSeg-32", "DeSTSeg-bf16-mixed", "PFADSeg-32-evaluator"],
+)
 def test_resume_at_the_end_of_an_epoch_and_of_stage_1_equals_the_uninterrupted_run(
-    tiny_dataset: Path, teacher_weights: Path, tmp_path: Path, precision: str
+    tiny_dataset: Path, teacher_weights: Path, tmp_path: Path, model_class: type, precision: str, evaluator: bool
 ) -> None:
     """Different images, interrupted after step 3 (end of epoch 1 and of stage 1): bit-identical final weights."""
     checkpointer = Checkpointer(tmp_path, at={3})
-    reference, _ = _fit(
-        tiny_dataset, tmp_path / "full", teacher_weights, callbacks=(checkpointer,), precision=precision
-    )
+    options = {"precision": precision, "model_class": model_class, "evaluator": evaluator}
+    reference, _ = _fit(tiny_dataset, tmp_path / "full", teacher_weights, callbacks=(checkpointer,), **options)
     recorder = StageRecorder()
     resumed, engine = _fit(
         tiny_dataset,
@@ -182,8 +192,9 @@ def test_resume_at_the_end_of_an_epoch_and_of_stage_1_equals_the_uninterrupted_r
         MISSING_TEACHER,
         ckpt_path=tmp_path / "step3.ckpt",
         callbacks=(recorder,),
-        precision=precision,
+        **options,
     )
+    assert type(resumed) is model_class
     assert engine.trainer.global_step == STUDENT_STEPS + SEGMENTATION_STEPS
     assert recorder.steps == _expected_steps(4)  # straight into stage 2, which never touches the student
     _assert_identical(_state(resumed), _state(reference))
