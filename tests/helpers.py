@@ -62,3 +62,16 @@ def quiet_cpu_engine(root: Path, callbacks: tuple = (), precision: str = "32"):
         callbacks=list(callbacks),
         precision=precision,
     )
+
+
+def crash_before(step: int):
+    """A Lightning callback that raises before optimiser step ``step`` + 1 (the weights then hold ``step`` steps)."""
+    from lightning.pytorch import Callback
+
+    class CrashBefore(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            del trainer, batch, batch_idx
+            if pl_module.global_step == step:
+                raise RuntimeError(f"simulated crash after step {step}")
+
+    return CrashBefore()

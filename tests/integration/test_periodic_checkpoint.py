@@ -18,7 +18,7 @@ import lightning
 import pytest
 import torch
 from anomalib.data import MVTecAD
-from helpers import TINY_SIZE, quiet_cpu_engine, tiny_model
+from helpers import TINY_SIZE, crash_before, quiet_cpu_engine, tiny_model
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import UnidentifiedImageError
@@ -44,17 +44,6 @@ class ValidationCounter(Callback):
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self.at.append(pl_module.global_step)
-
-
-class CrashBefore(Callback):
-    """Raise before optimiser step ``step`` + 1 is taken (the weights then hold ``step`` steps)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if pl_module.global_step == self.step:
-            raise RuntimeError(f"simulated crash after step {self.step}")
 
 
 class TerminateAtEpochEnd(Callback):
@@ -166,7 +155,7 @@ def test_a_crashed_run_resumed_from_an_epoch_end_save_equals_the_uninterrupted_r
     """Crash before step 10: resume.ckpt holds step 8 (an epoch end), the log says so; the resumed run, in a new
     folder that holds its own resume.ckpt from the start, ends with bit-identical weights."""
     with caplog.at_level(logging.ERROR, logger=LOGGER), pytest.raises(RuntimeError, match="simulated crash"):
-        _fit(ten_images, tmp_path, teacher_weights, callbacks=(CrashBefore(9),))
+        _fit(ten_images, tmp_path, teacher_weights, callbacks=(crash_before(9),))
     (message,) = [r.getMessage() for r in caplog.records if r.name == LOGGER]
     saved = tmp_path / RUN / "v0" / "weights" / "lightning" / RESUME_CHECKPOINT
     assert f"Training stopped at step 9 of 10 (RuntimeError); {saved} holds step 8" in message

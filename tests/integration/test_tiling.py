@@ -2,7 +2,7 @@
 
 The tiled maps are checked against the untiled model run on each tile by hand: a tile's map depends on that tile
 only (BatchNorm in eval mode), so where tiles do not overlap the tiled map is the tiles' maps side by side, and
-where they overlap it is their mean. The Engine runs use 128x128 generated images cut into 64x64 tiles.
+where they overlap it is their mean. The Engine runs use 64x64 generated images cut into 32x32 tiles.
 """
 
 from __future__ import annotations
@@ -19,16 +19,15 @@ from anomalib.callbacks import TilerConfigurationCallback
 from anomalib.data import MVTecAD
 from anomalib.data.utils.tiler import ImageUpscaleMode, Tiler
 from anomalib.deploy import ExportType, OpenVINOInferencer
-from helpers import quiet_cpu_engine
-from lightning.pytorch import Callback
+from helpers import crash_before, quiet_cpu_engine, tiny_model
 
 from anomalib_destseg import DeSTSeg, DeSTSegModel, PFADSeg, PFADSegModel
 from anomalib_destseg.components.resnet_blocks import init_resnet_weights
 from anomalib_destseg.components.tiling import TILER_CHECKPOINT_KEY
 from anomalib_destseg.data.anomaly_generator import SyntheticAnomalyGenerator
 
-IMAGE = 128
-TILE = 64
+IMAGE = 64  # the generated images; the Engine runs cut each into four tiles
+TILE = 32  # the smallest side the networks take
 MAP_TOLERANCE = 1e-4
 
 
@@ -85,21 +84,9 @@ def _datamodule(root: Path) -> MVTecAD:
     return MVTecAD(root=root, category="synthetic", train_batch_size=4, eval_batch_size=4, num_workers=0, seed=0)
 
 
-def _model(model_class: type, teacher_weights: Path, steps: int = 2, **kwargs):
-    """A model for 128x128 images, ``steps`` + ``steps`` steps, without pictures."""
-    return model_class(
-        student_steps=steps,
-        segmentation_steps=steps,
-        teacher_weights=str(teacher_weights),
-        pre_processor=model_class.configure_pre_processor((IMAGE, IMAGE)),
-        visualizer=False,
-        **kwargs,
-    )
-
-
 @pytest.fixture(scope="module")
 def large_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Generated 128x128 images (twice the tile side)."""
+    """Generated images twice the tile side: 8 for training (2 steps an epoch at batch 4), 3 + 3 for testing."""
     from anomalib_destseg.data import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("tiling_dataset")
@@ -113,7 +100,7 @@ def tiled_run(request: pytest.FixtureRequest, large_dataset: Path, teacher_weigh
     model_class = request.param
     root = tmp_path_factory.mktemp(f"tiling_{model_class.__name__}")
     torch.manual_seed(0)
-    model = _model(model_class, teacher_weights)
+    model = tiny_model(model_class, teacher_weights, size=IMAGE)
     init_resnet_weights(model.model.segmentation_network)  # scores that differ between images (thresholds)
     generated = []
     make_anomalies = SyntheticAnomalyGenerator.__call__
@@ -143,7 +130,7 @@ def tiled_run(request: pytest.FixtureRequest, large_dataset: Path, teacher_weigh
 
 
 def test_training_makes_anomalies_on_tiles(tiled_run: dict) -> None:
-    # 4 images of 128x128 a batch, 4 tiles of 64x64 each: every step trains on 16 tiles
+    # 4 images a batch, 4 tiles each: every step trains on 16 tiles
     assert tiled_run["generated"] == [(16, 3, TILE, TILE)] * 4
     assert tiled_run["model"].global_step == 4
 
@@ -172,7 +159,7 @@ def test_a_tiled_checkpoint_loads_tiled_and_exports_full_size_maps(tiled_run: di
     model_class = type(tiled_run["model"])
     loaded = model_class.load_from_checkpoint(tiled_run["checkpoint"]).eval()
     assert loaded.model.tiler is not None and loaded.model.tiler.tile_size_h == TILE
-    # the export takes any image size: its pre-processor resizes to 128x128, which is then tiled
+    # the export takes any image size: its pre-processor resizes to IMAGE x IMAGE, which is then tiled
     images = torch.rand(2, 3, 150, 110)
     with torch.no_grad():
         expected = loaded.post_processor(loaded.model(loaded.pre_processor.transform(images)))
@@ -223,7 +210,7 @@ def test_a_tiled_checkpoint_loads_tiled_and_exports_full_size_maps(tiled_run: di
 def test_settings_that_cannot_work_fail_before_training(
     settings: dict, message: str, large_dataset: Path, teacher_weights: Path, tmp_path: Path
 ) -> None:
-    model = _model(DeSTSeg, teacher_weights, steps=1)
+    model = tiny_model(DeSTSeg, teacher_weights, size=IMAGE, student_steps=1, segmentation_steps=1)
     engine = quiet_cpu_engine(tmp_path, callbacks=(TilerConfigurationCallback(enable=True, **settings),))
     with pytest.raises(ValueError, match=message):
         engine.fit(model=model, datamodule=_datamodule(large_dataset))
@@ -287,17 +274,6 @@ def test_a_config_file_tiles_training_and_anomalib_export_keeps_the_tiler(
     assert output.anomaly_map.shape[-2:] == (IMAGE, IMAGE)
 
 
-class CrashBefore(Callback):
-    """Raise before optimiser step ``step`` + 1 (the weights then hold ``step`` steps)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if pl_module.global_step == self.step:
-            raise RuntimeError(f"simulated crash after step {self.step}")
-
-
 def test_tiled_training_in_bf16_resumes_exactly_from_its_periodic_checkpoint(
     large_dataset: Path, teacher_weights: Path, tmp_path: Path
 ) -> None:
@@ -306,7 +282,7 @@ def test_tiled_training_in_bf16_resumes_exactly_from_its_periodic_checkpoint(
 
     def fit(root: Path, callbacks: tuple = (), ckpt_path: Path | None = None) -> DeSTSeg:
         lightning.seed_everything(0)
-        model = _model(DeSTSeg, teacher_weights, evaluator=False)
+        model = tiny_model(DeSTSeg, teacher_weights, size=IMAGE, evaluator=False)
         tiling = TilerConfigurationCallback(enable=True, tile_size=TILE, stride=TILE)
         engine = quiet_cpu_engine(root, callbacks=(tiling, *callbacks), precision="bf16-mixed")
         engine.fit(model=model, datamodule=_datamodule(large_dataset), ckpt_path=ckpt_path)
@@ -314,7 +290,7 @@ def test_tiled_training_in_bf16_resumes_exactly_from_its_periodic_checkpoint(
 
     uninterrupted = fit(tmp_path / "uninterrupted")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(tmp_path / "crashed", callbacks=(CrashBefore(2),))
+        fit(tmp_path / "crashed", callbacks=(crash_before(2),))
     (saved,) = (tmp_path / "crashed").rglob(RESUME_CHECKPOINT)
     checkpoint = torch.load(saved, map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 2  # the end of stage 1 (8 images at batch 4: an epoch end)
