@@ -131,6 +131,24 @@ def test_exports_carry_model_api_metadata_and_keep_their_weight_types(exports: d
 
 
 @pytest.mark.slow
+def test_a_fixed_size_export_saved_for_a_model_server_embeds_model_apis_preprocessing(exports: dict, tmp_path) -> None:
+    """OpenVINO Model Server cannot take Model API's preprocessing at run time: it is saved into the IR beforehand."""
+    wrapper = _model_api_f32(exports["paths"]["fixed"])
+    served = tmp_path / "models" / "anomaly" / "1" / "model.xml"  # OVMS's layout: <name>/<version>/model.xml
+    wrapper.save(str(served))
+    reloaded = _model_api_f32(served)
+    (image_input,) = reloaded.inference_adapter.model.inputs
+    assert reloaded.params.embedded_processing and str(image_input.get_element_type()) == "<Type: 'uint8_t'>"
+    assert list(image_input.get_partial_shape())[1:3] == [openvino.Dimension(), openvino.Dimension()]  # any size
+    for image in exports["images"][:3]:
+        larger = cv2.resize(image, (96, 80), interpolation=cv2.INTER_AREA)
+        before, after = wrapper(larger), reloaded(larger)
+        assert before.pred_score == pytest.approx(after.pred_score, abs=1e-6)
+        assert np.array_equal(before.anomaly_map, after.anomaly_map)
+        assert np.array_equal(before.pred_mask, after.pred_mask) and before.pred_label == after.pred_label
+
+
+@pytest.mark.slow
 def test_model_api_gives_the_inferencers_results_at_f32(exports: dict) -> None:
     for name, xml in exports["paths"].items():
         wrapper, inferencer = _model_api_f32(xml), OpenVINOInferencer(xml, device="CPU", config=dict(F32))
