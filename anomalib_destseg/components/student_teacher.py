@@ -108,13 +108,12 @@ class SegmentationGuidedStudentTeacher(nn.Module, ABC):
         return (images - self.mean) / self.std
 
     def set_stage(self, stage: Stage) -> None:
-        """Put sub-modules in the mode a training stage needs; the teacher always stays in eval mode."""
+        """Put sub-modules in the mode a training stage needs (the teacher is frozen in either mode)."""
         student_training = Stage(stage) is Stage.STUDENT
         for module in self.student_modules:
             module.train(student_training)
         for module in self.segmentation_modules:
             module.train(not student_training)
-        self.teacher.eval()
 
     def encode(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Teacher and student features of ``[0, 1]`` images."""

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
+from anomalib_destseg.components.tensor_files import load_plain
+
 logger = logging.getLogger(__name__)
 
 IMAGENET = "imagenet"
@@ -70,8 +72,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path), device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle errors, corrupt files: say which file and why
+            state = load_plain(path, "teacher weights (a ResNet-18 state dict)", TeacherWeightsError)
+    except TeacherWeightsError:
+        raise
+    except Exception as error:  # safetensors: corrupt files, say which file and why
         msg = f"Could not read teacher weights from {path} as a plain state dict: {error}"
         raise TeacherWeightsError(msg) from error
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
@@ -95,27 +99,44 @@ def imagenet_state_dict() -> dict[str, torch.Tensor]:
         raise TeacherWeightsError(_offline_message(error)) from error
 
 
+class FrozenBatchNorm2d(nn.BatchNorm2d):
+    """``BatchNorm2d`` that normalises with its running statistics and never updates them, in either mode.
+
+    Same parameters, buffers and state-dict keys as ``BatchNorm2d`` (checkpoints are unchanged), and in eval mode
+    the same values; in training mode it computes what eval mode computes. The teacher is frozen by construction
+    rather than by being kept in eval mode, so it follows its parent's mode like every other module (Lightning
+    warns about modules left in eval mode at the start of training).
+
+    Example:
+        >>> norm = FrozenBatchNorm2d(3).train()
+        >>> _ = norm(torch.rand(4, 3, 8, 8) + 5)
+        >>> norm.running_mean.tolist()  # unchanged: no statistics are gathered
+        [0.0, 0.0, 0.0]
+
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise with the running statistics."""
+        return nn.functional.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, training=False, momentum=0.0, eps=self.eps
+        )
+
+
 class ResNet18Teacher(nn.Module):
-    """ResNet-18 from conv1 to layer3, frozen and always in eval mode.
+    """ResNet-18 from conv1 to layer3, frozen: its outputs do not depend on the module's mode.
 
     The forward pass returns the layer1, layer2 and layer3 feature maps (64@H/4, 128@H/8, 256@H/16). Parameters
-    never require gradients and ``train()`` keeps the module in eval mode so that BatchNorm keeps ImageNet
-    statistics.
+    never require gradients and its BatchNorm layers are :class:`FrozenBatchNorm2d`, so the ImageNet statistics are
+    used and kept in training mode too.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        trunk = resnet18(weights=None)
+        trunk = resnet18(weights=None, norm_layer=FrozenBatchNorm2d)
         self.conv1, self.bn1, self.relu, self.maxpool = trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool
         self.layer1, self.layer2, self.layer3 = trunk.layer1, trunk.layer2, trunk.layer3
         self.register_buffer("pretrained", torch.tensor(False))
         self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True) -> "ResNet18Teacher":
-        """Stay in eval mode whatever is asked: the teacher is frozen."""
-        del mode
-        return super().train(False)
 
     def load_weights(self, source: str | Path = IMAGENET) -> None:
         """Load ImageNet weights from torchvision's cache/download (``"imagenet"``) or from a local file.

@@ -26,6 +26,8 @@ from pathlib import Path
 import lightning
 import torch
 
+from anomalib_destseg.components.tensor_files import load_plain
+
 KEY_PREFIXES: tuple[tuple[str, str], ...] = (
     ("teacher_net.encoder.", "teacher."),
     ("student_net.encoder.conv1.", "student_encoder.stem.0."),
@@ -100,11 +102,8 @@ def read_reference_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         msg = f"Reference checkpoint not found: {path}"
         raise FileNotFoundError(msg)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle errors, other objects than tensors, corrupt files
-        msg = f"Could not read {path} as a plain state dict (torch.load with weights_only=True): {error}"
-        raise ReferenceCheckpointError(msg) from error
+    expected = "a DeSTSeg reference checkpoint (a torch.save state dict of tensors, DeSTSeg_MVTec_5000_<category>.pckl)"
+    state = load_plain(path, expected, ReferenceCheckpointError)
     if not isinstance(state, Mapping) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         msg = f"{path} does not hold a state dict of tensors (got {type(state).__name__})."
         raise ReferenceCheckpointError(msg)

@@ -41,7 +41,7 @@ from anomalib_destseg.components.tiling import (
 from anomalib_destseg.data.anomaly_generator import SyntheticAnomalyGenerator
 from anomalib_destseg.data.resize import default_pre_processor
 from anomalib_destseg.data.rotation import check_rotation, resolve_rotation, rotate_batch
-from anomalib_destseg.export import ExportChecksMixin
+from anomalib_destseg.export import ExportChecksMixin, ModelApiMetadataMixin
 
 from . import distributed
 from .callbacks import (
@@ -53,6 +53,7 @@ from .callbacks import (
     TeacherWeights,
     TilingChecks,
     TrainingProgress,
+    callbacks_to_attach,
     usable_batch_size,
 )
 from .random_stream import RandomStream
@@ -63,7 +64,7 @@ NEVER = 2**62
 """A validation interval in batches that no run reaches: the models validate when training stops."""
 
 
-class TwoStageTraining(ExportChecksMixin):
+class TwoStageTraining(ExportChecksMixin, ModelApiMetadataMixin):
     """DeSTSeg's training recipe for an ``AnomalibModule``: ``class Model(TwoStageTraining, AnomalibModule)``.
 
     The model class builds ``self.model`` (a :class:`~anomalib_destseg.components.SegmentationGuidedStudentTeacher`,
@@ -208,17 +209,24 @@ class TwoStageTraining(ExportChecksMixin):
         return paper_evaluator(second_map=other_map(hp.output_map) if hp.second_map else None)
 
     def configure_callbacks(self) -> list[Callback]:
-        """Anomalib's components, then teacher weights, data checks, anomaly stream, progress, guard, checkpoints."""
+        """Anomalib's components, then teacher weights, data checks, anomaly stream, progress, guard, checkpoints.
+
+        Only those not attached to the trainer yet (:func:`~.callbacks.callbacks_to_attach`): a test or predict after
+        a fit in the same Engine keeps the fit's, instead of replacing them (which Lightning would report).
+        """
         trainer = getattr(self, "_trainer", None)
         if trainer is not None:
             fill_default_stride(trainer.callbacks)  # before anomalib's TilerConfigurationCallback builds its tiler
+        return callbacks_to_attach(self, super().configure_callbacks(), self._own_callbacks)
+
+    def _own_callbacks(self) -> list[Callback]:
         callbacks = [TeacherWeights(), DataChecks(), TilingChecks(), AnomalyStream(), TrainingProgress()]
         callbacks.append(NonFiniteGuard())
         callbacks.append(SafeCheckpointFiles())
         steps, seconds = self.hparams.checkpoint_every_n_steps, self.hparams.checkpoint_every_seconds
         if steps or seconds:
             callbacks.append(PeriodicCheckpoint(every_n_steps=steps, every_seconds=seconds))
-        return [*super().configure_callbacks(), *callbacks]
+        return callbacks
 
     @property
     def image_size(self) -> tuple[int, int] | None:

@@ -1,6 +1,7 @@
 """Lightning callbacks of two-stage training, returned by the models' ``configure_callbacks``."""
 
 from .anomaly_stream import AnomalyStream
+from .attached import callbacks_to_attach
 from .channels_last import ChannelsLast
 from .data_checks import DataChecks, usable_batch_size
 from .non_finite import LAST_GOOD_CHECKPOINT, NonFiniteGuard
@@ -21,5 +22,6 @@ __all__ = [
     "TeacherWeights",
     "TilingChecks",
     "TrainingProgress",
+    "callbacks_to_attach",
     "usable_batch_size",
 ]

@@ -75,5 +75,5 @@ class NonFiniteGuard(Callback):
         if not all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point()):
             return "was not saved: the weights themselves are already non-finite (use an earlier checkpoint)"
         path = checkpoint_folder(trainer) / LAST_GOOD_CHECKPOINT
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # resumable (Lightning logs its default otherwise)
         return f"is saved in {path} (inspect it, or resume from it with ckpt_path once the cause is fixed)"

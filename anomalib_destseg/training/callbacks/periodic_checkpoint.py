@@ -169,7 +169,8 @@ class PeriodicCheckpoint(Callback):
     def _save(self, trainer: Trainer, step: int, why: str) -> None:
         started = time.monotonic()
         try:
-            trainer.save_checkpoint(self.path)  # atomic: SafeCheckpointFiles is in place
+            # Full state (optimisers, loops, callbacks) for resuming; saying so spares Lightning's log line.
+            trainer.save_checkpoint(self.path, weights_only=False)  # atomic: SafeCheckpointFiles is in place
         except OSError as error:
             kept = f"step {self.saved_step}" if self.saved_step is not None else "nothing yet"
             logger.warning(

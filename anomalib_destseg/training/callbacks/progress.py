@@ -47,20 +47,19 @@ class TrainingProgress(Callback):
             self._stage, start = stage, (self._last_step_end or start[0], done - 1)
             self._stage_start = start
         self._last_step_end = now
-        if done == student_steps and done < total:
+        if done % max(1, total // LINES_PER_RUN) == 0 or done == total:
+            started, first_step = start
+            per_step = (now - started) / max(done - first_step, 1)
+            stage_end = student_steps if stage is Stage.STUDENT else total
+            loss = outputs["loss"]
+            logger.info(
+                "step %d/%d (%s stage): loss %.4f, %.2f s/step, about %.0f s left in this stage",
+                done,
+                total,
+                stage.value,
+                loss.item() if isinstance(loss, torch.Tensor) else loss,
+                per_step,
+                per_step * (stage_end - done),
+            )
+        if done == student_steps and done < total:  # after the step's own line: the stage ends with that step
             logger.info("Stage 1 (student) finished at step %d; training the segmentation network.", done)
-        if done % max(1, total // LINES_PER_RUN) and done != total:
-            return
-        started, first_step = start
-        per_step = (now - started) / max(done - first_step, 1)
-        stage_end = student_steps if stage is Stage.STUDENT else total
-        loss = outputs["loss"]
-        logger.info(
-            "step %d/%d (%s stage): loss %.4f, %.2f s/step, about %.0f s left in this stage",
-            done,
-            total,
-            stage.value,
-            loss.item() if isinstance(loss, torch.Tensor) else loss,
-            per_step,
-            per_step * (stage_end - done),
-        )

@@ -180,11 +180,24 @@ def test_fresh_segmentation_network_is_not_saturated_on_real_features(
 
 
 # --- the teacher ---------------------------------------------------------------------------------------------------
-def test_teacher_is_frozen_and_stays_in_eval_mode() -> None:
+def test_teacher_is_frozen_in_training_mode_too() -> None:
     teacher = ResNet18Teacher()
-    teacher.train()
-    assert not teacher.training
-    assert not any(module.training for module in teacher.modules())
+    torch.manual_seed(0)
+    for name, buffer in teacher.named_buffers():  # ImageNet-like statistics, not BatchNorm's 0 / 1 defaults
+        if name.endswith(("running_mean", "running_var")):
+            buffer.copy_(torch.rand_like(buffer) + 0.5)
+    before = {name: value.clone() for name, value in teacher.state_dict().items()}
+    images = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        expected = teacher.eval()(images)
+        trained = teacher.train()(images * 3 + 1)  # batch statistics far from the running ones
+        again = teacher(images)
+    assert teacher.training  # it follows its parent's mode: Lightning warns about modules left in eval mode
+    for name, value in teacher.state_dict().items():
+        assert torch.equal(value, before[name]), name  # no running statistics gathered in training mode
+    for a, b in zip(expected, again, strict=True):
+        torch.testing.assert_close(a, b)  # the same values as in eval mode
+    assert not torch.allclose(trained[0], again[0])
     assert not any(p.requires_grad for p in teacher.parameters())
     assert not bool(teacher.pretrained)
     assert not hasattr(teacher, "layer4") and not hasattr(teacher, "fc")

@@ -234,14 +234,37 @@ def test_files_that_are_not_state_dicts_are_refused(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not found"):
         DeSTSeg.from_reference_checkpoint(tmp_path / "absent.pckl")
     torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pckl")  # a pickled module: never unpickled
-    with pytest.raises(ReferenceCheckpointError, match="weights_only=True"):
+    with pytest.raises(ReferenceCheckpointError, match=r"not a plain torch\.save file of tensors") as refused:
         DeSTSeg.from_reference_checkpoint(tmp_path / "pickled.pckl")
+    _assert_one_safe_line(str(refused.value), tmp_path / "pickled.pckl")
     (tmp_path / "text.pckl").write_text("not a checkpoint")
-    with pytest.raises(ReferenceCheckpointError, match="plain state dict"):
+    with pytest.raises(ReferenceCheckpointError, match=r"not a torch\.save file") as refused:
         DeSTSeg.from_reference_checkpoint(tmp_path / "text.pckl")
+    _assert_one_safe_line(str(refused.value), tmp_path / "text.pckl")
     torch.save([torch.zeros(1)], tmp_path / "list.pckl")
     with pytest.raises(ReferenceCheckpointError, match="does not hold a state dict"):
         DeSTSeg.from_reference_checkpoint(tmp_path / "list.pckl")
+
+
+def _assert_one_safe_line(message: str, path: Path) -> None:
+    """Our own message: one line naming the file and what was expected, without torch's advice."""
+    assert "\n" not in message
+    assert str(path) in message and "DeSTSeg reference checkpoint" in message
+    assert "weights_only" not in message and "file an issue" not in message
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint\n", bytes(range(256)) * 8])
+def test_the_converter_refuses_a_file_that_is_not_a_checkpoint_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, content: bytes
+) -> None:
+    source = tmp_path / "notes.pckl"
+    source.write_bytes(content)
+    assert main([str(source), str(tmp_path / "out.ckpt")]) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.splitlines()  # nothing else: no traceback, no torch warning
+    assert line.startswith(f"error: Could not read {source} as a DeSTSeg reference checkpoint")
+    assert "weights_only" not in captured.err + captured.out
+    assert not (tmp_path / "out.ckpt").exists()
 
 
 # --- the command and anomalib ------------------------------------------------------------------------------------
