@@ -7,14 +7,14 @@ execute an untrusted file. Other files fail with messages that name neither the 
 and never passes that advice on.
 
 Example:
-    >>> from pathlib import Path
     >>> import tempfile
-    >>> path = Path(tempfile.mkdtemp()) / "notes.pth"
-    >>> _ = path.write_text("not a checkpoint")
-    >>> try:
-    ...     load_plain(path, "a ResNet-18 state dict", ValueError)
-    ... except ValueError as error:
-    ...     print(str(error).split(": ", 1)[1])
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = Path(folder) / "notes.pth"
+    ...     _ = path.write_text("not a checkpoint")
+    ...     try:
+    ...         load_plain(path, "a ResNet-18 state dict", ValueError)
+    ...     except ValueError as error:
+    ...         print(str(error).split(": ", 1)[1])
     not a torch.save file (it starts as neither a zip nor a pickle).
 
 """
