@@ -33,7 +33,8 @@ from anomalib_destseg.export import UntrainedExportWarning
 from anomalib_destseg.inference import VARIANTS, CPUInferenceModel, OpenVINOModel, build_variant
 
 MODEL_CLASSES = [DeSTSeg, PFADSeg]
-EXPORTED = [(DeSTSeg, "segmentation"), (PFADSeg, "segmentation"), (DeSTSeg, "dest"), (PFADSeg, "dest")]
+# The DeST map's exports are checked on DeSTSeg: PFADSeg computes its DeST map with the same code (suite time).
+EXPORTED = [(DeSTSeg, "segmentation"), (PFADSeg, "segmentation"), (DeSTSeg, "dest")]
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 MAP_TOLERANCE = 1e-4
 BF16_MAP_CHANGE = (0.05, 0.013)
@@ -77,10 +78,7 @@ def exported(request: pytest.FixtureRequest, tiny_dataset: Path, teacher_weights
         # The same weights without a pre-processor: the model takes images as they are, sides multiples of 32.
         bare = tiny_model(model_class, teacher_weights, size=None, pre_processor=False, output_map=output_map).eval()
         bare.load_state_dict(model.state_dict())
-        # Dynamic shapes and onnxruntime: both maps of DeSTSeg, PFADSeg's default map (its DeST map is the same
-        # operations on other features; its graph is checked through the OpenVINO export, which goes through ONNX).
-        with_onnx = output_map == "segmentation" or model_class is DeSTSeg
-        onnx_path = engine.export(bare, ExportType.ONNX, export_root=root / "onnx") if with_onnx else None
+        onnx_path = engine.export(bare, ExportType.ONNX, export_root=root / "onnx")
         # With the resizing pre-processor and free height and width: takes full-size images. The pre-processor does
         # not depend on the map, so this export is checked on the default map of each class.
         resizing_path = (
@@ -184,7 +182,6 @@ def test_the_onnx_export_takes_any_batch_and_multiple_of_32_size(
     exported: dict, images: torch.Tensor, tmp_path: Path, monkeypatch
 ) -> None:
     """OpenVINO reads the dynamic ONNX file directly; 96x128 inputs give 96x128 maps like the torch model."""
-    _skip_without_onnx(exported)
     monkeypatch.chdir(tmp_path)
     inferencer = OpenVINOInferencer(path=exported["onnx"], device="CPU", config=F32)
     larger = torch.nn.functional.interpolate(images[:3], size=(96, 128), mode="bilinear", align_corners=False)
@@ -194,13 +191,7 @@ def test_the_onnx_export_takes_any_batch_and_multiple_of_32_size(
     _assert_same_predictions(prediction, expected, batch=3)
 
 
-def _skip_without_onnx(exported: dict) -> None:
-    if exported["onnx"] is None:
-        pytest.skip("PFADSeg's DeST map: checked through OpenVINO; dynamic ONNX on its default map and DeSTSeg's maps")
-
-
 def test_the_onnx_export_matches_in_onnxruntime(exported: dict, images: torch.Tensor) -> None:
-    _skip_without_onnx(exported)
     path = exported["onnx"]
     onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is optional (not a project dependency)")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
