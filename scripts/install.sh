@@ -9,7 +9,6 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 echo "installing anomalib-destseg[dev] into .venv (torch pinned by constraints.txt; the first run takes minutes)"
-# --no-compile: Python compiles the modules it imports anyway; compiling all of torch up front costs CI time
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-compile -c constraints.txt -e ".[dev]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
 .venv/bin/python -c "import anomalib, torch, torchvision, anomalib_destseg; print('ok: torch', torch.__version__, \
 'torchvision', torchvision.__version__, 'anomalib', anomalib.__version__, 'anomalib_destseg', anomalib_destseg.__version__)"
