@@ -48,6 +48,18 @@ def tiny_model(
     return model_class(**arguments)
 
 
+def tiny_datamodule(root: Path, **kwargs: object):
+    """anomalib's MVTecAD on the ``synthetic`` category of a generated dataset: batches of 4, no loader workers.
+
+    Every integration module reads its generated data through this, so the loader settings change everywhere at
+    once; ``kwargs`` (``seed``, ``train_batch_size``, ``num_workers``...) replace a default.
+    """
+    from anomalib.data import MVTecAD
+
+    settings = {"train_batch_size": 4, "eval_batch_size": 4, "num_workers": 0, **kwargs}
+    return MVTecAD(root=root, category="synthetic", **settings)
+
+
 def quiet_cpu_engine(root: Path, callbacks: tuple = (), precision: str = "32"):
     """anomalib Engine on one CPU device writing under ``root``, without logger, progress bar or model summary."""
     from anomalib.engine import Engine

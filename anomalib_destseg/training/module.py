@@ -221,8 +221,7 @@ class TwoStageTraining(ExportChecksMixin, ModelApiMetadataMixin):
 
     def _own_callbacks(self) -> list[Callback]:
         callbacks = [TeacherWeights(), DataChecks(), TilingChecks(), AnomalyStream(), TrainingProgress()]
-        callbacks.append(NonFiniteGuard())
-        callbacks.append(SafeCheckpointFiles())
+        callbacks += [NonFiniteGuard(), SafeCheckpointFiles()]
         steps, seconds = self.hparams.checkpoint_every_n_steps, self.hparams.checkpoint_every_seconds
         if steps or seconds:
             callbacks.append(PeriodicCheckpoint(every_n_steps=steps, every_seconds=seconds))

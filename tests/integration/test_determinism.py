@@ -13,8 +13,7 @@ import lightning
 import numpy as np
 import pytest
 import torch
-from anomalib.data import MVTecAD
-from helpers import quiet_cpu_engine, tiny_model
+from helpers import quiet_cpu_engine, tiny_datamodule, tiny_model
 from PIL import Image
 
 from anomalib_destseg import DeSTSeg
@@ -38,7 +37,7 @@ def _run(
 ) -> dict[str, torch.Tensor]:
     """Seed, train 2 + 2 steps, predict the test set; return the weights, scores and maps."""
     lightning.seed_everything(seed)
-    datamodule = MVTecAD(root=dataset, category="synthetic", train_batch_size=4, eval_batch_size=4, num_workers=workers)
+    datamodule = tiny_datamodule(dataset, num_workers=workers)
     model = tiny_model(  # with the default evaluator: computing the metrics must not disturb the runs either
         DeSTSeg,
         teacher,

@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from anomalib.data import MVTecAD
 from anomalib.data.utils import read_image
 from anomalib.deploy import CompressionType, ExportType, OpenVINOInferencer, TorchInferencer
 from anomalib.engine import Engine
-from helpers import TINY_SIZE, tiny_model
+from helpers import TINY_SIZE, tiny_datamodule, tiny_model
 
 from anomalib_destseg import DeSTSeg, PFADSeg
 from anomalib_destseg.components.resnet_blocks import init_resnet_weights
@@ -51,10 +50,6 @@ def _engine(root: Path) -> Engine:
     return Engine(default_root_dir=root, logger=False, accelerator="cpu", devices=1, enable_progress_bar=False)
 
 
-def _datamodule(root: Path) -> MVTecAD:
-    return MVTecAD(root=root, category="synthetic", train_batch_size=4, eval_batch_size=4, num_workers=0, seed=0)
-
-
 @pytest.fixture(scope="module", params=EXPORTED, ids=lambda param: f"{param[0].__name__}-{param[1]}")
 def exported(request: pytest.FixtureRequest, tiny_dataset: Path, teacher_weights: Path, tmp_path_factory) -> dict:
     """Train one tiny model of the class and export it to torch, OpenVINO (static 64x64) and ONNX (dynamic)."""
@@ -67,7 +62,7 @@ def exported(request: pytest.FixtureRequest, tiny_dataset: Path, teacher_weights
     # steps from the reference initialisation every image scores almost alike, so thresholds would tie with the
     # scores and min-max normalisation would magnify float rounding. Kaiming everywhere spreads the outputs.
     init_resnet_weights(model.model.segmentation_network)
-    engine.fit(model=model, datamodule=_datamodule(tiny_dataset))
+    engine.fit(model=model, datamodule=tiny_datamodule(tiny_dataset, seed=0))
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("error", UntrainedExportWarning)  # a trained model exports without the warning
@@ -359,7 +354,9 @@ def test_int8_post_training_quantisation_of_the_exported_ir(
         pytest.skip("quantising this IR is checked once (DeSTSeg); both classes' INT8 accuracy: test_learning.py")
     core = ov.Core()
     quantised = exported["model"]._compress_ov_model(
-        core.read_model(exported["openvino"]), CompressionType.INT8_PTQ, datamodule=_datamodule(tiny_dataset)
+        core.read_model(exported["openvino"]),
+        CompressionType.INT8_PTQ,
+        datamodule=tiny_datamodule(tiny_dataset, seed=0),
     )
     path = exported["root"] / "int8" / "model.xml"
     ov.save_model(quantised, path)

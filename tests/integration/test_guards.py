@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from anomalib.data import Folder, MVTecAD
-from helpers import quiet_cpu_engine, tiny_model
+from anomalib.data import Folder
+from helpers import quiet_cpu_engine, tiny_datamodule, tiny_model
 from lightning.pytorch import Callback
 from PIL import Image
 
@@ -38,10 +38,6 @@ SIZE = 64
 def _model(teacher: str | Path, model_class: type = DeSTSeg, evaluator: bool = False, **kwargs) -> DeSTSeg | PFADSeg:
     """The shared test model; without the evaluator (no metrics needed) unless ``evaluator`` is true."""
     return tiny_model(model_class, teacher, **kwargs, **({} if evaluator else {"evaluator": False}))
-
-
-def _mvtec(dataset: Path) -> MVTecAD:
-    return MVTecAD(root=dataset, category="synthetic", train_batch_size=4, eval_batch_size=4, num_workers=0)
 
 
 # --- non-finite losses and gradients ----------------------------------------------------------------------------
@@ -136,7 +132,7 @@ def test_non_finite_step_saves_the_last_good_state_then_stops(
     engine = quiet_cpu_engine(tmp_path / "results", callbacks=callbacks, precision=precision)
     model = _model(teacher_weights, model_class, evaluator=evaluator)
     with pytest.raises(FloatingPointError) as error:
-        engine.fit(model, datamodule=_mvtec(tiny_dataset))
+        engine.fit(model, datamodule=tiny_datamodule(tiny_dataset))
     message = str(error.value)
     assert f"non-finite {what} at optimiser step {step} of 4 ({stage})" in message
     last_good = Path(engine.trainer.checkpoint_callback.dirpath) / "last_good.ckpt"
@@ -163,11 +159,11 @@ def test_training_resumes_from_the_last_good_checkpoint(
     """After a NaN in step 1, ``ckpt_path=last_good.ckpt`` redoes step 1 and finishes the planned 4 steps."""
     engine = quiet_cpu_engine(tmp_path / "crashed", callbacks=(PoisonImages(1),))
     with pytest.raises(FloatingPointError):
-        engine.fit(_model(teacher_weights), datamodule=_mvtec(tiny_dataset))
+        engine.fit(_model(teacher_weights), datamodule=tiny_datamodule(tiny_dataset))
     last_good = Path(engine.trainer.checkpoint_callback.dirpath) / "last_good.ckpt"
     resumed = quiet_cpu_engine(tmp_path / "resumed")
     model = _model(teacher_weights)
-    resumed.fit(model, datamodule=_mvtec(tiny_dataset), ckpt_path=last_good)
+    resumed.fit(model, datamodule=tiny_datamodule(tiny_dataset), ckpt_path=last_good)
     assert resumed.trainer.global_step == 4
     assert all(torch.isfinite(value).all() for value in model.state_dict().values() if value.is_floating_point())
 

@@ -10,8 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from anomalib.data import MVTecAD
-from helpers import quiet_cpu_engine, tiny_model
+from helpers import quiet_cpu_engine, tiny_datamodule, tiny_model
 from lightning.pytorch import Callback, seed_everything
 
 from anomalib_destseg import DeSTSeg, PFADSeg
@@ -21,10 +20,6 @@ from anomalib_destseg.training.callbacks import ChannelsLast, NonFiniteGuard
 
 def _model(model_class: type, teacher_weights: Path, steps: int):
     return tiny_model(model_class, teacher_weights, student_steps=steps, segmentation_steps=steps)
-
-
-def _datamodule(root: Path) -> MVTecAD:
-    return MVTecAD(root=root, category="synthetic", train_batch_size=4, eval_batch_size=4, num_workers=0)
 
 
 class LossDtypes(Callback):
@@ -46,7 +41,7 @@ def test_bf16_mixed_trains_tests_and_saves_float32(
     model = _model(model_class, teacher_weights, steps=2)
     losses = LossDtypes()
     engine = quiet_cpu_engine(tmp_path, callbacks=(losses, ChannelsLast()), precision="bf16-mixed")
-    datamodule = _datamodule(tiny_dataset)
+    datamodule = tiny_datamodule(tiny_dataset)
     engine.fit(model, datamodule=datamodule)
     assert [loss.dtype for loss in losses.losses] == [torch.float32] * 4  # losses computed in float32
     assert all(math.isfinite(loss.item()) for loss in losses.losses)
@@ -83,7 +78,7 @@ def test_fp16_mixed_trains_on_a_gpu(tiny_dataset: Path, teacher_weights: Path, t
     seed_everything(0)
     model = _model(DeSTSeg, teacher_weights, steps=3)
     engine = Engine(default_root_dir=tmp_path, accelerator="gpu", devices=1, logger=False, precision="16-mixed")
-    datamodule = _datamodule(tiny_dataset)
+    datamodule = tiny_datamodule(tiny_dataset)
     engine.fit(model, datamodule=datamodule)
     assert model.global_step == 6
     (metrics,) = engine.test(model, datamodule=datamodule)

@@ -15,9 +15,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from anomalib.data import MVTecAD
 from anomalib.deploy import CompressionType, ExportType, OpenVINOInferencer
-from helpers import TINY_SIZE, quiet_cpu_engine
+from helpers import TINY_SIZE, quiet_cpu_engine, tiny_datamodule, tiny_model
 
 from anomalib_destseg import DeSTSeg, PFADSeg
 from anomalib_destseg.components.resnet_blocks import init_resnet_weights
@@ -48,18 +47,10 @@ def exports(request, tiny_dataset: Path, teacher_weights: Path, tmp_path_factory
     model_class = request.param
     root = tmp_path_factory.mktemp(f"model_api_{model_class.__name__}")
     torch.manual_seed(0)
-    model = model_class(
-        student_steps=2,
-        segmentation_steps=2,
-        teacher_weights=str(teacher_weights),
-        pre_processor=model_class.configure_pre_processor((TINY_SIZE, TINY_SIZE)),
-        visualizer=False,
-    )
+    model = tiny_model(model_class, teacher_weights)
     init_resnet_weights(model.model.segmentation_network)  # outputs that differ between images (see test_export)
     engine = quiet_cpu_engine(root)
-    datamodule = MVTecAD(
-        root=tiny_dataset, category="synthetic", train_batch_size=4, eval_batch_size=4, num_workers=0, seed=0
-    )
+    datamodule = tiny_datamodule(tiny_dataset, seed=0)
     engine.fit(model=model, datamodule=datamodule)
     paths = {}
     for input_size, compression in EXPORTS[model_class]:

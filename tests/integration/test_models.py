@@ -16,10 +16,10 @@ from typing import Any
 import lightning
 import pytest
 import torch
-from anomalib.data import Folder, MVTecAD
+from anomalib.data import Folder
 from anomalib.engine import Engine
 from anomalib.pre_processing import PreProcessor
-from helpers import TINY_SIZE, quiet_cpu_engine, tiny_model
+from helpers import TINY_SIZE, quiet_cpu_engine, tiny_datamodule, tiny_model
 from lightning.pytorch import Callback
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
@@ -69,12 +69,6 @@ class ProgressLines(logging.Handler):
             self.lines.append(record.getMessage())
 
 
-def _datamodule(root: Path, **kwargs) -> MVTecAD:
-    return MVTecAD(
-        root=root, category="synthetic", **{"train_batch_size": 4, "eval_batch_size": 4, "num_workers": 0, **kwargs}
-    )
-
-
 def _model(model_class: type, teacher_weights: Path, **kwargs):
     """The shared test model with the visualizer on: this module checks the result images."""
     return tiny_model(model_class, teacher_weights, **{"visualizer": True, **kwargs})
@@ -110,7 +104,7 @@ def run(request, tiny_dataset: Path, teacher_weights: Path, tmp_path_factory: py
     root = tmp_path_factory.mktemp(f"results_{model_class.__name__}")
     recorder, lines = StepRecorder(), ProgressLines()
     model = _model(model_class, teacher_weights, student_steps=STUDENT_STEPS, segmentation_steps=SEGMENTATION_STEPS)
-    datamodule = _datamodule(tiny_dataset)
+    datamodule = tiny_datamodule(tiny_dataset)
     engine = _engine(root, callbacks=[recorder])
     level = progress.logger.level
     progress.logger.addHandler(lines)
@@ -366,7 +360,7 @@ def test_a_training_set_smaller_than_the_batch_trains_with_a_warning(
     recorder = StepRecorder()
     with caplog.at_level(logging.WARNING):
         quiet_cpu_engine(tmp_path / "results", callbacks=(recorder,)).fit(
-            model, datamodule=_datamodule(root, train_batch_size=32)
+            model, datamodule=tiny_datamodule(root, train_batch_size=32)
         )
     assert model.global_step == 3 and len(recorder.steps) == 3
     assert "has 5 images, fewer than train_batch_size=32: every step trains on a batch of all 5" in caplog.text
@@ -375,12 +369,12 @@ def test_a_training_set_smaller_than_the_batch_trains_with_a_warning(
 def test_batches_of_one_image_are_refused(tiny_dataset: Path, teacher_weights: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="train_batch_size is 1"):
         _engine(tmp_path).fit(
-            _model(DeSTSeg, teacher_weights), datamodule=_datamodule(tiny_dataset, train_batch_size=1)
+            _model(DeSTSeg, teacher_weights), datamodule=tiny_datamodule(tiny_dataset, train_batch_size=1)
         )
     root = tmp_path / "one_image"
     make_synthetic_dataset(root, image_size=TINY_SIZE, num_train=1, num_test_good=1, num_test_defect=1)
     with pytest.raises(ValueError, match="has 1 images: batches of at least 2 are needed"):
-        _engine(tmp_path).fit(_model(DeSTSeg, teacher_weights), datamodule=_datamodule(root))
+        _engine(tmp_path).fit(_model(DeSTSeg, teacher_weights), datamodule=tiny_datamodule(root))
 
 
 def test_missing_texture_dir_is_reported_at_fit_start(
@@ -388,7 +382,7 @@ def test_missing_texture_dir_is_reported_at_fit_start(
 ) -> None:
     model = _model(DeSTSeg, teacher_weights, texture_dir=str(tmp_path / "no_dtd_here"))  # accepted at construction
     with pytest.raises(FileNotFoundError, match="no_dtd_here"):
-        _engine(tmp_path).fit(model, datamodule=_datamodule(tiny_dataset))
+        _engine(tmp_path).fit(model, datamodule=tiny_datamodule(tiny_dataset))
     assert model.global_step == 0
 
 
@@ -398,7 +392,7 @@ def test_normalize_in_the_pre_processor_is_refused(tiny_dataset: Path, teacher_w
     )
     model = _model(DeSTSeg, teacher_weights, pre_processor=PreProcessor(transform=transform))
     with pytest.raises(ValueError, match="Normalize"):
-        _engine(tmp_path).fit(model, datamodule=_datamodule(tiny_dataset))
+        _engine(tmp_path).fit(model, datamodule=tiny_datamodule(tiny_dataset))
 
 
 # --- images larger than the model's input ---------------------------------------------------------------------------
@@ -453,7 +447,7 @@ def test_larger_images_are_resized_with_antialiasing_in_fit_test_and_predict(
 
     lightning.seed_everything(0)
     model = tiny_model(model_class, teacher_weights)
-    datamodule = _datamodule(large_dataset)
+    datamodule = tiny_datamodule(large_dataset)
     seen = TrainingImages()
     engine = quiet_cpu_engine(tmp_path, callbacks=(seen,))
     engine.fit(model, datamodule=datamodule)

@@ -29,9 +29,8 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
-from anomalib.data import MVTecAD
 from anomalib.engine import Engine
-from helpers import quiet_cpu_engine, tiny_model
+from helpers import quiet_cpu_engine, tiny_datamodule, tiny_model
 from lightning.pytorch import Callback
 
 from anomalib_destseg import DeSTSeg, PFADSeg
@@ -116,7 +115,7 @@ def _fit(
     metrics, which must not disturb the resumed run either).
     """
     lightning.seed_everything(0)
-    datamodule = MVTecAD(root=dataset, category="synthetic", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    datamodule = tiny_datamodule(dataset)
     model = tiny_model(
         model_class,
         teacher,

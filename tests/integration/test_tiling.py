@@ -16,10 +16,9 @@ import pytest
 import torch
 import yaml
 from anomalib.callbacks import TilerConfigurationCallback
-from anomalib.data import MVTecAD
 from anomalib.data.utils.tiler import ImageUpscaleMode, Tiler
 from anomalib.deploy import ExportType, OpenVINOInferencer
-from helpers import crash_before, quiet_cpu_engine, tiny_model
+from helpers import crash_before, quiet_cpu_engine, tiny_datamodule, tiny_model
 
 from anomalib_destseg import DeSTSeg, DeSTSegModel, PFADSeg, PFADSegModel
 from anomalib_destseg.components.resnet_blocks import init_resnet_weights
@@ -80,10 +79,6 @@ def test_an_image_the_tiles_do_not_fit_is_padded_or_stretched_and_cropped_back()
 
 
 # --- the Engine: train, test, predict, checkpoint, export -------------------------------------------------------
-def _datamodule(root: Path) -> MVTecAD:
-    return MVTecAD(root=root, category="synthetic", train_batch_size=4, eval_batch_size=4, num_workers=0, seed=0)
-
-
 @pytest.fixture(scope="module")
 def large_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generated images twice the tile side: 8 for training (2 steps an epoch at batch 4), 3 + 3 for testing."""
@@ -111,7 +106,7 @@ def tiled_run(request: pytest.FixtureRequest, large_dataset: Path, teacher_weigh
 
     # stride left out: anomalib's documented default (the tile size) must work
     engine = quiet_cpu_engine(root, callbacks=(TilerConfigurationCallback(enable=True, tile_size=TILE),))
-    datamodule = _datamodule(large_dataset)
+    datamodule = tiny_datamodule(large_dataset, seed=0)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(SyntheticAnomalyGenerator, "__call__", recording)
         engine.fit(model=model, datamodule=datamodule)
@@ -213,7 +208,7 @@ def test_settings_that_cannot_work_fail_before_training(
     model = tiny_model(DeSTSeg, teacher_weights, size=IMAGE, student_steps=1, segmentation_steps=1)
     engine = quiet_cpu_engine(tmp_path, callbacks=(TilerConfigurationCallback(enable=True, **settings),))
     with pytest.raises(ValueError, match=message):
-        engine.fit(model=model, datamodule=_datamodule(large_dataset))
+        engine.fit(model=model, datamodule=tiny_datamodule(large_dataset, seed=0))
     assert model.global_step == 0
     assert int(model.completed_steps) == 0
 
@@ -285,7 +280,7 @@ def test_tiled_training_in_bf16_resumes_exactly_from_its_periodic_checkpoint(
         model = tiny_model(DeSTSeg, teacher_weights, size=IMAGE, evaluator=False)
         tiling = TilerConfigurationCallback(enable=True, tile_size=TILE, stride=TILE)
         engine = quiet_cpu_engine(root, callbacks=(tiling, *callbacks), precision="bf16-mixed")
-        engine.fit(model=model, datamodule=_datamodule(large_dataset), ckpt_path=ckpt_path)
+        engine.fit(model=model, datamodule=tiny_datamodule(large_dataset, seed=0), ckpt_path=ckpt_path)
         return model
 
     uninterrupted = fit(tmp_path / "uninterrupted")
