@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from anomalib_destseg.inference.openvino_core import shared_core
+
 MODEL_INFO = "model_info"
 """The ``rt_info`` section Model API reads its parameters from."""
 LABELS = ("Normal", "Anomaly")
@@ -95,7 +97,7 @@ def write_model_api_info(xml_path: Path | str, info: dict[str, str]) -> None:
     import openvino as ov
 
     xml_path = Path(xml_path)
-    model = ov.Core().read_model(xml_path)
+    model = shared_core().read_model(xml_path)
     for name, value in info.items():
         model.set_rt_info(value, [MODEL_INFO, name])
     handle, temporary = tempfile.mkstemp(suffix=".xml", dir=xml_path.parent)
@@ -138,7 +140,7 @@ def model_api_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         mode="linear",
         shape_calculation_mode="sizes",
     )
-    compiled = ov.Core().compile_model(ov.Model([resized], [pixels]), "CPU")
+    compiled = shared_core().compile_model(ov.Model([resized], [pixels]), "CPU")
     return compiled(image[None])[0][0]
 
 

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from anomalib.data import InferenceBatch
 
+from .openvino_core import shared_core
+
 if TYPE_CHECKING:
     from anomalib.data import AnomalibDataModule
     from anomalib.models import AnomalibModule
@@ -107,12 +109,10 @@ class OpenVINOModel:
         device: str = "CPU",
         config: dict[str, Any] | None = None,
     ) -> None:
-        import openvino as ov
-
         properties = dict(config or {})
         if precision is not None:
             properties["INFERENCE_PRECISION_HINT"] = precision
-        core = ov.Core()
+        core = shared_core()  # not a Core each: see openvino_core.py
         self.path = Path(path)
         self.compiled = core.compile_model(core.read_model(str(path)), device, properties)
         self.input_shape = self.compiled.input(0).get_partial_shape()

@@ -92,7 +92,9 @@ def test_quickstart_notebook_runs_in_quick_mode(tmp_path: Path, teacher_weights:
         startup_timeout=300,
         resources={"metadata": {"path": str(workdir)}},
     )
-    client.execute(env=env)  # raises CellExecutionError naming the cell when one fails
+    # cleanup_kc: nbclient leaves a kernel it was handed running (with its ZMQ threads in this process) unless
+    # told to shut it down; left running it spun for the rest of the suite.
+    client.execute(env=env, cleanup_kc=True)  # raises CellExecutionError naming the cell when one fails
 
     code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert all(cell.execution_count for cell in code_cells), "every code cell runs"
