@@ -12,11 +12,35 @@ exercises the same loading path as a user's ``teacher_weights`` file.
 import os
 from pathlib import Path
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The suite runs in pytest-xdist workers (pyproject.toml: -n 2): one thread each, inherited by the processes the
+    # tests start. Two processes each spinning a thread per core on a two-core machine run several times slower.
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+import gc
+
 import pytest
 import torch
 from helpers import SHARED_DTD, SHARED_MVTEC, SHARED_WEIGHTS, TINY_SIZE
+from signal_stack import repair_signal_stack
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never try the network from tests
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_openvino_cores_then_repair_the_signal_stack():
+    """After each module, drop its garbage (OpenVINO ``Core`` objects among it) and repair the signal stack."""
+    yield
+    gc.collect()
+    repair_signal_stack()
+
+
+@pytest.fixture(autouse=True)
+def _signal_stack_mapped():
+    """Before each test: a mapped alternate signal stack (signal_stack.py says why)."""
+    repair_signal_stack()
 
 
 @pytest.fixture(scope="session")
