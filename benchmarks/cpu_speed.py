@@ -119,9 +119,10 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     if spec["backend"] == "openvino":
         import numpy as np
-        import openvino as ov
 
-        core = ov.Core()
+        from anomalib_destseg.inference import shared_core
+
+        core = shared_core()  # one Core per process: anomalib_destseg/inference/openvino_core.py
         config = {"INFERENCE_PRECISION_HINT": spec["precision"]} if spec["precision"] else {}
         compiled = core.compile_model(core.read_model(spec["path"]), "CPU", config)
         request = compiled.create_infer_request()
@@ -210,6 +211,8 @@ def conv_limit(iterations: int, warmup: int = 2) -> dict[str, dict[str, float]]:
     import openvino as ov
     import torch
 
+    from anomalib_destseg.inference import shared_core
+
     batch, channels, size = 8, 256, 64
     macs = batch * size * size * channels * channels * 9
     conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
@@ -226,7 +229,7 @@ def conv_limit(iterations: int, warmup: int = 2) -> dict[str, dict[str, float]]:
                 timing = _time_loop(layer, x, warmup, iterations)
             results[dtype_name][layout] = macs / min(timing["batch_seconds"]) / 1e9
         hint = {"fp32": "f32", "bf16": "bf16"}[dtype_name]
-        request = ov.Core().compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": hint}).create_infer_request()
+        request = shared_core().compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": hint}).create_infer_request()
         x = images.numpy().astype(np.float32)
         timing = _time_loop(lambda array, request=request: request.infer({0: array}), x, warmup, iterations)
         results[dtype_name]["openvino"] = macs / min(timing["batch_seconds"]) / 1e9

@@ -102,10 +102,12 @@ def export_all(engine, model, root: Path) -> dict[str, Path]:
 
 def model_api_f32(xml: Path):
     """``Model.create_model`` on the IR alone, at f32 (the adapter carries only the precision)."""
-    from model_api.adapters import OpenvinoAdapter, create_core
+    from model_api.adapters import OpenvinoAdapter
     from model_api.models import Model
 
-    return Model.create_model(OpenvinoAdapter(create_core(), str(xml), device="CPU", plugin_config=dict(F32)))
+    from anomalib_destseg.inference import shared_core
+
+    return Model.create_model(OpenvinoAdapter(shared_core(), str(xml), device="CPU", plugin_config=dict(F32)))
 
 
 def compare(xml: Path, images: list[np.ndarray], fixed: bool) -> dict[str, float]:

@@ -26,15 +26,15 @@ from signal_stack import repair_signal_stack
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never try the network from tests
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    torch.set_num_threads(1)  # as OMP_NUM_THREADS above (set before torch was imported)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _collect_openvino_cores_then_repair_the_signal_stack():
-    """After each module, drop its garbage (OpenVINO ``Core`` objects among it) and repair the signal stack."""
+def _collect_openvino_cores():
+    """After each module, drop its garbage (OpenVINO ``Core`` objects among it), so that a ``Core`` left in a cycle
+    restores its signal stack now, before the next test's repair, rather than in the middle of a later test."""
     yield
     gc.collect()
-    repair_signal_stack()
 
 
 @pytest.fixture(autouse=True)

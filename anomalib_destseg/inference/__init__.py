@@ -11,6 +11,7 @@ Example:
 
 """
 
+from .openvino_core import shared_core
 from .openvino_cpu import OpenVINOModel, export_openvino
 from .torch_cpu import CPUInferenceModel
 from .variants import VARIANTS, Variant, build_variant, get_variant, openvino_ir_path
@@ -24,4 +25,5 @@ __all__ = [
     "export_openvino",
     "get_variant",
     "openvino_ir_path",
+    "shared_core",
 ]

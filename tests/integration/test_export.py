@@ -29,7 +29,7 @@ from helpers import TINY_SIZE, tiny_datamodule, tiny_model
 from anomalib_destseg import DeSTSeg, PFADSeg
 from anomalib_destseg.components.resnet_blocks import init_resnet_weights
 from anomalib_destseg.export import UntrainedExportWarning
-from anomalib_destseg.inference import VARIANTS, CPUInferenceModel, OpenVINOModel, build_variant
+from anomalib_destseg.inference import VARIANTS, CPUInferenceModel, OpenVINOModel, build_variant, shared_core
 
 MODEL_CLASSES = [DeSTSeg, PFADSeg]
 # The DeST map's exports are checked on DeSTSeg: PFADSeg computes its DeST map with the same code (suite time).
@@ -352,15 +352,14 @@ def test_int8_post_training_quantisation_of_the_exported_ir(
 
     if type(exported["model"]) is not DeSTSeg or exported["output_map"] != "segmentation":
         pytest.skip("quantising this IR is checked once (DeSTSeg); both classes' INT8 accuracy: test_learning.py")
-    core = ov.Core()
     quantised = exported["model"]._compress_ov_model(
-        core.read_model(exported["openvino"]),
+        shared_core().read_model(exported["openvino"]),
         CompressionType.INT8_PTQ,
         datamodule=tiny_datamodule(tiny_dataset, seed=0),
     )
     path = exported["root"] / "int8" / "model.xml"
     ov.save_model(quantised, path)
-    operations = {op.get_type_name() for op in core.read_model(path).get_ops()}
+    operations = {op.get_type_name() for op in shared_core().read_model(path).get_ops()}
     assert "FakeQuantize" in operations
     result = OpenVINOModel(path, precision="f32")(images[:3])
     assert result.anomaly_map.shape == (3, 1, TINY_SIZE, TINY_SIZE)

@@ -27,7 +27,7 @@ from lightning.pytorch import Callback
 from anomalib_destseg import DeSTSeg, PFADSeg
 from anomalib_destseg.components import took_a_step
 from anomalib_destseg.data import DEFAULT_CATEGORY, make_synthetic_dataset
-from anomalib_destseg.inference import build_variant, openvino_ir_path
+from anomalib_destseg.inference import build_variant, openvino_ir_path, shared_core
 
 SIZE, STUDENT_STEPS, SEGMENTATION_STEPS = 64, 60, 120
 
@@ -170,8 +170,7 @@ def _quantise_the_fp32_ir(model: DeSTSeg | PFADSeg, export_root: Path, calibrati
 
     target = openvino_ir_path(export_root, int8=True)
     build_variant("openvino_fp32", model, export_root=export_root, input_size=(SIZE, SIZE))  # exported once
-    core = ov.Core()
-    fp32 = core.read_model(openvino_ir_path(export_root, int8=False))
+    fp32 = shared_core().read_model(openvino_ir_path(export_root, int8=False))
     quantised = model._compress_ov_model(fp32, CompressionType.INT8_PTQ, datamodule=calibration)
     target.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantised, target, compress_to_fp16=False)

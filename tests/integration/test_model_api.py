@@ -21,6 +21,7 @@ from helpers import TINY_SIZE, quiet_cpu_engine, tiny_datamodule, tiny_model
 from anomalib_destseg import DeSTSeg, PFADSeg
 from anomalib_destseg.components.resnet_blocks import init_resnet_weights
 from anomalib_destseg.export import model_api_resize
+from anomalib_destseg.inference import shared_core
 
 model_api = pytest.importorskip("model_api", reason="openvino-model-api is not installed (it is in the dev extra)")
 openvino = pytest.importorskip("openvino", reason="openvino is not installed (it is in the export extra)")
@@ -68,10 +69,10 @@ def exports(request, tiny_dataset: Path, teacher_weights: Path, tmp_path_factory
 
 
 def _model_api_f32(xml: Path):
-    from model_api.adapters import OpenvinoAdapter, create_core
+    from model_api.adapters import OpenvinoAdapter
     from model_api.models import Model
 
-    return Model.create_model(OpenvinoAdapter(create_core(), str(xml), device="CPU", plugin_config=dict(F32)))
+    return Model.create_model(OpenvinoAdapter(shared_core(), str(xml), device="CPU", plugin_config=dict(F32)))
 
 
 def _compare(wrapper, inferencer: OpenVINOInferencer, image: np.ndarray, given: np.ndarray, tie: float) -> dict:
@@ -111,7 +112,7 @@ def test_exports_carry_model_api_metadata_and_keep_their_weight_types(exports: d
         assert result.pred_label in {"True", "False"} and result.anomaly_map.shape == (TINY_SIZE, TINY_SIZE)
         constants = {
             str(op.get_element_type())
-            for op in openvino.Core().read_model(xml).get_ops()
+            for op in shared_core().read_model(xml).get_ops()
             if op.get_type_name() == "Constant"
         }
         compression = dict(EXPORTS[exports["class"]])[None if name == "dynamic" else (TINY_SIZE, TINY_SIZE)]
